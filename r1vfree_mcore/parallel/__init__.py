@@ -1,0 +1,1 @@
+"""Parallel groups and the CPU workarounds for megatron-core."""

@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package: tiny HF checkpoints, synthetic data, a gloo harness."""
