@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import socket
 import time
@@ -29,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn, rank, world_size, port, args, env, results):
+def _worker(fn, rank, world_size, port, args, env, results, init_pg=True):
     os.environ.update(env)
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -43,9 +44,12 @@ def _worker(fn, rank, world_size, port, args, env, results):
         import torch.distributed as dist
 
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        if init_pg:
+            dist.init_process_group("gloo", rank=rank, world_size=world_size)
         out = fn(rank, world_size, *args)
-        results.put((rank, "ok", out))
+        # Plain pickle copies tensor data; the queue's default would share memory that dies
+        # with this process.
+        results.put((rank, "ok", pickle.dumps(out)))
     except BaseException:  # report everything, including SystemExit, to the parent
         results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -64,16 +68,21 @@ def run_distributed(
     *args: Any,
     timeout: float = 240.0,
     env: dict[str, str] | None = None,
+    init_process_group: bool = True,
 ) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return per-rank results."""
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return per-rank results.
+
+    With ``init_process_group=False`` the workers get the MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE
+    environment but do not join a process group (``fn`` builds its own, e.g. a sub-world).
+    """
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
     procs = [
         ctx.Process(
             target=_worker,
-            args=(fn, r, world_size, port, args, dict(env or {}), results),
-            daemon=True,
+            args=(fn, r, world_size, port, args, dict(env or {}), results, init_process_group),
+            daemon=False,  # ranks may spawn helpers (dist_checkpointing); we kill stragglers
         )
         for r in range(world_size)
     ]
@@ -113,4 +122,4 @@ def run_distributed(
             f"{len(failures)} of {world_size} ranks failed in {getattr(fn, '__name__', fn)}:\n"
             + "\n".join(failures)
         )
-    return [outcome[r][1] for r in range(world_size)]
+    return [pickle.loads(outcome[r][1]) for r in range(world_size)]
