@@ -1,0 +1,69 @@
+"""Turn prompt samples into a model batch: chat template, processor, G copies per prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from r1vfree_mcore.data.dataset import PromptSample, build_messages
+
+
+@dataclass
+class PromptBatch:
+    """N = prompts x G sequences, prompts left-padded to one length P."""
+
+    input_ids: torch.Tensor  # [N, P]
+    attention_mask: torch.Tensor  # [N, P]
+    pixel_values: torch.Tensor  # [sum of patches over the N images, C*T*p*p]
+    image_grid_thw: torch.Tensor  # [N, 3] one image per sequence
+    prompt_index: list[int]  # dataset index of each sequence's prompt
+    group: torch.Tensor  # [N] group id (0..prompts-1), G consecutive rows per group
+    problems: list[str]
+    images_png: list[bytes]  # one per prompt, what the reward side sees
+
+    @property
+    def num_sequences(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def repeat_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor, times: int):
+    """Repeat each image's patch rows ``times`` times, keeping images in sequence order."""
+    sizes = grid_thw.prod(-1).tolist()
+    chunks = torch.split(pixel_values, sizes)
+    pv = torch.cat([c for c in chunks for _ in range(times)])
+    return pv, grid_thw.repeat_interleave(times, dim=0)
+
+
+def build_prompt_batch(samples: list[PromptSample], processor, group_size: int) -> PromptBatch:
+    """Apply the original R1V-Free template to each sample and replicate it ``group_size`` times."""
+    texts = [
+        processor.apply_chat_template(build_messages(s.problem), tokenize=False, add_generation_prompt=True)
+        for s in samples
+    ]
+    enc = processor(text=texts, images=[s.image for s in samples], return_tensors="pt",
+                    padding=True, padding_side="left")
+    pv, thw = repeat_images(enc["pixel_values"], enc["image_grid_thw"], group_size)
+    return PromptBatch(
+        input_ids=enc["input_ids"].repeat_interleave(group_size, 0),
+        attention_mask=enc["attention_mask"].repeat_interleave(group_size, 0),
+        pixel_values=pv,
+        image_grid_thw=thw,
+        prompt_index=[s.index for s in samples for _ in range(group_size)],
+        group=torch.arange(len(samples)).repeat_interleave(group_size),
+        problems=[s.problem for s in samples],
+        images_png=[_png(s.image) for s in samples],
+    )
+
+
+def prompt_lengths(batch: PromptBatch) -> torch.Tensor:
+    """Real (unpadded) prompt length of each sequence, image tokens included."""
+    return batch.attention_mask.sum(-1)
