@@ -1,0 +1,33 @@
+"""Layer-spec backends: 'local' (pure torch, CPU) and 'transformer_engine' (GPU).
+
+:func:`get_backend` turns the spec string into a backend object. TransformerEngine is imported
+only in :mod:`r1vfree_mcore.models.backends.transformer_engine`, and only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from r1vfree_mcore.models.backends.local import LocalBackend
+
+log = logging.getLogger(__name__)
+
+SPECS = ("local", "transformer_engine")
+
+
+def get_backend(spec: str):
+    """Backend for ``spec``; 'transformer_engine' falls back to 'local' (with a warning) without TE."""
+    if spec == "local":
+        return LocalBackend()
+    if spec == "transformer_engine":
+        from r1vfree_mcore.models.backends import transformer_engine
+
+        if transformer_engine.te_available():
+            return transformer_engine.TEBackend()
+        log.warning(
+            "spec='transformer_engine' requested but transformer_engine is not importable (%s); "
+            "falling back to the local spec",
+            transformer_engine.import_error(),
+        )
+        return LocalBackend()
+    raise ValueError(f"spec must be one of {SPECS}, got {spec!r}")

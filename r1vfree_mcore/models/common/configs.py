@@ -1,0 +1,148 @@
+"""megatron-core TransformerConfigs for the Qwen-VL decoder, vision blocks and patch merger.
+
+Every size comes from the HF config (decoder) or a family's :class:`VisionDims` (vision tower).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from megatron.core.activations import quick_gelu
+from megatron.core.transformer import TransformerConfig
+
+from r1vfree_mcore.models.common.hf_config import head_dim, rope_params, text_config
+
+ACTIVATIONS: dict[str, Callable] = {"quick_gelu": quick_gelu, "silu": F.silu, "gelu": F.gelu}
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    """Resolved sizes of a Qwen-VL vision tower (each family fills it from its vision_config)."""
+
+    depth: int
+    hidden: int
+    heads: int
+    ffn_hidden: int
+    out_hidden: int  # merger output = decoder hidden size
+    patch_size: int
+    temporal_patch_size: int
+    in_channels: int
+    spatial_merge_size: int
+    norm: str  # 'LayerNorm' | 'RMSNorm'
+    gated: bool  # gated (SwiGLU-style) MLP
+    activation: str  # key of ACTIVATIONS
+    rope_theta: float
+    window_size: int | None = None  # Qwen2.5-VL window attention (pixels); None = full attention
+    fullatt_block_indexes: tuple[int, ...] = ()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def merged_hidden(self) -> int:
+        return self.hidden * self.spatial_merge_size**2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+
+def shared_vision_fields(vc) -> dict[str, Any]:
+    """The VisionDims fields both families spell the same way in their vision_config."""
+    from r1vfree_mcore.models.common.hf_config import vision_rope_theta
+
+    return dict(
+        depth=vc.depth,
+        heads=vc.num_heads,
+        patch_size=vc.patch_size,
+        temporal_patch_size=vc.temporal_patch_size,
+        in_channels=getattr(vc, "in_channels", getattr(vc, "in_chans", 3)),
+        spatial_merge_size=vc.spatial_merge_size,
+        rope_theta=vision_rope_theta(vc),
+    )
+
+
+def _common(tp: int, params_dtype: torch.dtype) -> dict[str, Any]:
+    return dict(
+        tensor_model_parallel_size=tp,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+    )
+
+
+def decoder_config(hf_config, tp: int, pp: int, layer_split, params_dtype) -> TransformerConfig:
+    """Config of the mrope GPT decoder (RMSNorm, SwiGLU, GQA, qkv bias)."""
+    tc = text_config(hf_config)
+    _, section = rope_params(hf_config)
+    layout = None
+    if pp > 1 and layer_split is not None:
+        # Explicit per-stage layer counts, e.g. (3, 1) -> "Ettt|tL".
+        layout = "|".join("t" * n for n in layer_split)
+        layout = "E" + layout + "L"
+    return TransformerConfig(
+        num_layers=tc.num_hidden_layers,
+        hidden_size=tc.hidden_size,
+        ffn_hidden_size=tc.intermediate_size,
+        num_attention_heads=tc.num_attention_heads,
+        num_query_groups=tc.num_key_value_heads,
+        kv_channels=head_dim(tc),
+        normalization="RMSNorm",
+        layernorm_epsilon=tc.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=ACTIVATIONS[getattr(tc, "hidden_act", "silu")],
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        mrope_section=section,
+        pipeline_model_parallel_size=pp,
+        pipeline_model_parallel_layout=layout,
+        **_common(tp, params_dtype),
+    )
+
+
+def vision_config(dims: VisionDims, tp: int, params_dtype) -> TransformerConfig:
+    """Config of the vision blocks (built on the first pipeline stage only, hence pp=1 here)."""
+    return TransformerConfig(
+        num_layers=dims.depth,
+        hidden_size=dims.hidden,
+        ffn_hidden_size=dims.ffn_hidden,
+        num_attention_heads=dims.heads,
+        num_query_groups=dims.heads,
+        kv_channels=dims.head_dim,
+        normalization=dims.norm,
+        layernorm_epsilon=1e-6,
+        gated_linear_unit=dims.gated,
+        activation_func=ACTIVATIONS[dims.activation],
+        add_bias_linear=True,
+        add_qkv_bias=True,
+        **_common(tp, params_dtype),
+    )
+
+
+def merger_config(dims: VisionDims, tp: int, params_dtype) -> TransformerConfig:
+    """Config of the merger MLP: merged_hidden -> merged_hidden -> out_hidden, exact GELU."""
+    return TransformerConfig(
+        num_layers=1,
+        hidden_size=dims.out_hidden,
+        ffn_hidden_size=dims.merged_hidden,
+        num_attention_heads=1,
+        normalization=dims.norm,
+        layernorm_epsilon=1e-6,
+        gated_linear_unit=False,
+        activation_func=F.gelu,
+        add_bias_linear=True,
+        **_common(tp, params_dtype),
+    )

@@ -1,0 +1,183 @@
+"""The Qwen-VL policy model for one pipeline stage, and :func:`build_model`.
+
+Stage layout: the vision tower and the token embedding live on the first stage (image features
+are scattered into the ``<|image_pad|>`` embeddings there); decoder layers are split across
+stages (``ParallelConfig.pp_layer_split`` or evenly); the output layer is on the last stage.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.enums import ModelType
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.module import MegatronModule
+
+from r1vfree_mcore.models.backends import get_backend
+from r1vfree_mcore.models.common.configs import VisionDims, decoder_config
+from r1vfree_mcore.models.common.hf_config import family_of, rope_params, text_config, tied_embeddings
+from r1vfree_mcore.models.common.layer_spec import transformer_layer_spec
+from r1vfree_mcore.models.common.rope_index import get_rope_index
+from r1vfree_mcore.models.common.vision import VisionTower
+from r1vfree_mcore.parallel.state import ParallelConfig
+
+MAKE_VOCAB_SIZE_DIVISIBLE_BY = 128
+
+
+def padded_vocab_size(vocab: int, tp: int, divisible_by: int = MAKE_VOCAB_SIZE_DIVISIBLE_BY) -> int:
+    """Megatron's vocab padding: round up to a multiple of ``divisible_by * tp``."""
+    multiple = divisible_by * tp
+    return int(math.ceil(vocab / multiple) * multiple)
+
+
+def vision_dims_of(hf_config) -> VisionDims:
+    """The family's vision sizes read from ``hf_config.vision_config``."""
+    family = family_of(hf_config)
+    if family == "qwen2_vl":
+        from r1vfree_mcore.models.qwen2_vl.arch import vision_dims
+    else:
+        from r1vfree_mcore.models.qwen2_5_vl.arch import vision_dims
+    return vision_dims(hf_config.vision_config)
+
+
+def stage_layer_counts(num_layers: int, cfg: ParallelConfig) -> list[int]:
+    """Decoder layers per pipeline stage (explicit split or as even as megatron makes it)."""
+    if cfg.pp > num_layers:
+        raise ValueError(f"parallel.pp={cfg.pp} exceeds text_config.num_hidden_layers={num_layers}")
+    if cfg.pp_layer_split is not None:
+        split = list(cfg.pp_layer_split)
+        if sum(split) != num_layers:
+            raise ValueError(
+                f"parallel.pp_layer_split={tuple(split)} sums to {sum(split)}, "
+                f"but text_config.num_hidden_layers={num_layers}"
+            )
+        if min(split) < 1:
+            raise ValueError(f"parallel.pp_layer_split={tuple(split)}: every stage needs >= 1 layer")
+        return split
+    if num_layers % cfg.pp:
+        raise ValueError(
+            f"text_config.num_hidden_layers={num_layers} is not divisible by parallel.pp={cfg.pp}; "
+            "set parallel.pp_layer_split"
+        )
+    return [num_layers // cfg.pp] * cfg.pp
+
+
+def validate(hf_config, cfg: ParallelConfig) -> None:
+    """Fail fast on layouts the weights cannot be sharded into; messages name the field."""
+    tc = text_config(hf_config)
+    dims = vision_dims_of(hf_config)
+    checks = [
+        ("text_config.num_attention_heads", tc.num_attention_heads),
+        ("text_config.num_key_value_heads", tc.num_key_value_heads),
+        ("text_config.intermediate_size", tc.intermediate_size),
+        ("vision_config.num_heads", dims.heads),
+        ("vision MLP hidden (vision_config)", dims.ffn_hidden),
+        ("vision merger hidden (vision_config hidden x spatial_merge_size^2)", dims.merged_hidden),
+    ]
+    for field, value in checks:
+        if value % cfg.tp:
+            raise ValueError(f"{field}={value} is not divisible by parallel.tp={cfg.tp}")
+    stage_layer_counts(tc.num_hidden_layers, cfg)
+
+
+class QwenVLModel(MegatronModule):
+    """One pipeline stage of Qwen2-VL / Qwen2.5-VL.
+
+    ``forward`` returns vocab-parallel logits ``[b, s, padded_vocab / tp]`` on the last stage
+    (not gathered over TP; the padded vocab columns are included: slice ``[..., :vocab]`` after
+    gathering, or mask them in a vocab-parallel loss) and hidden states ``[s, b, hidden]`` to
+    send to the next stage otherwise.
+    """
+
+    def __init__(self, hf_config, cfg: ParallelConfig, backend, params_dtype=torch.float32,
+                 pre_process: bool = True, post_process: bool = True):
+        tc = text_config(hf_config)
+        dcfg = decoder_config(hf_config, cfg.tp, cfg.pp, cfg.pp_layer_split, params_dtype)
+        super().__init__(config=dcfg)
+        self.hf_config = hf_config
+        self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
+        self.family = family_of(hf_config)
+        self.backend = backend
+        self.pre_process, self.post_process = pre_process, post_process
+        self.image_token_id = hf_config.image_token_id
+        self.vocab_size = tc.vocab_size
+        self.padded_vocab_size = padded_vocab_size(tc.vocab_size, cfg.tp)
+        self.vision = VisionTower(vision_dims_of(hf_config), backend, cfg.tp, params_dtype) if pre_process else None
+        theta, _ = rope_params(hf_config)
+        self.language_model = GPTModel(
+            dcfg,
+            transformer_layer_spec(backend, backend.decoder_mask_type),
+            vocab_size=self.padded_vocab_size,
+            max_sequence_length=tc.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=tied_embeddings(hf_config),
+            position_embedding_type="mrope",
+            rotary_base=theta,
+        )
+        # The layer offset of this stage, for mapping local decoder indices to HF indices.
+        counts = stage_layer_counts(tc.num_hidden_layers, cfg)
+        self.layer_offset = sum(counts[: parallel_state.get_pipeline_model_parallel_rank()])
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Hidden states received from the previous stage (megatron schedules call this)."""
+        self.language_model.set_input_tensor(input_tensor)
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None):
+        """Logits ``[b, s, padded_vocab/tp]`` (last stage) or hidden states ``[s, b, h]`` (others).
+
+        ``attention_mask`` is HF's ``[b, s]`` 1/0 padding mask; ``position_ids`` ``[3, b, s]`` are
+        computed with :func:`get_rope_index` when None (every stage needs ``input_ids``,
+        ``image_grid_thw`` and ``attention_mask`` for that; ``pixel_values`` only the first).
+        """
+        b, s = input_ids.shape
+        if position_ids is None:
+            position_ids = get_rope_index(input_ids, image_grid_thw, attention_mask, self.hf_config)
+        mask = self.backend.decoder_mask(attention_mask, s, b)
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [s, b, h]
+            if pixel_values is not None:
+                decoder_input = self._scatter_images(decoder_input, input_ids, pixel_values, image_grid_thw)
+        return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input)
+
+    def _scatter_images(self, emb, input_ids, pixel_values, image_grid_thw):
+        feats = self.vision(pixel_values, image_grid_thw).to(emb.dtype)
+        where = (input_ids == self.image_token_id).transpose(0, 1)  # [s, b] like emb
+        if int(where.sum()) != feats.shape[0]:
+            raise ValueError(
+                f"{int(where.sum())} <|image_pad|> tokens in input_ids but {feats.shape[0]} image features "
+                "from pixel_values/image_grid_thw"
+            )
+        # emb is [s, b, h] but HF scatters in [b, s] order: do it batch-major.
+        out = emb.transpose(0, 1).masked_scatter(where.transpose(0, 1)[..., None], feats)
+        return out.transpose(0, 1).contiguous()
+
+
+def build_model(hf_config, parallel_cfg: ParallelConfig, spec: str = "local", *, freeze_vision: bool = False,
+                freeze_merger: bool = False, params_dtype: torch.dtype = torch.float32) -> QwenVLModel:
+    """This rank's pipeline stage of the policy (megatron parallel state must be initialised).
+
+    ``spec``: 'local' or 'transformer_engine' (falls back to local, with a warning, without TE).
+    ``freeze_vision`` freezes the vision blocks and patch embedding, ``freeze_merger`` the merger:
+    frozen parameters have ``requires_grad=False`` (no grads; build optimizers over trainable ones).
+    """
+    validate(hf_config, parallel_cfg)
+    for name, have in (("tp", parallel_state.get_tensor_model_parallel_world_size()),
+                       ("pp", parallel_state.get_pipeline_model_parallel_world_size())):
+        if getattr(parallel_cfg, name) != have:
+            raise ValueError(f"parallel.{name}={getattr(parallel_cfg, name)} but megatron parallel_state has {have}")
+    model = QwenVLModel(
+        hf_config, parallel_cfg, get_backend(spec), params_dtype,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+    )
+    if model.vision is not None:
+        for name, p in model.vision.named_parameters():
+            frozen = freeze_merger if name.startswith("merger.") else freeze_vision
+            if frozen:
+                p.requires_grad_(False)
+    return model

@@ -1,0 +1,1 @@
+"""Qwen2.5-VL: RMSNorm / gated-SiLU vision tower with window attention."""

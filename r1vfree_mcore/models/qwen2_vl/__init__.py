@@ -1,0 +1,1 @@
+"""Qwen2-VL: LayerNorm / QuickGELU vision tower with full attention per image."""
