@@ -1,0 +1,102 @@
+"""r1vfree-train under the real slurm/ scripts on a two-node Slurm: training, preemption, errors.
+
+Uses launch/configs/tiny_cpu.yaml (CPU, gloo) with one process per node and the second node as
+the reward node (--reward-nodes 1 -> reward.num_ranks=1): rank 0 = policy on n1, rank 1 = reward
+on n2. R1VFREE_SLURM_TEST_TRAINER=PATH runs a stand-in script instead of the trainer module and
+R1VFREE_SLURM_TEST_CONFIG=PATH another recipe (for developing the scripts without the trainer).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import time
+
+import pytest
+from slurm_jobs import job_log
+
+STAND_IN = os.environ.get("R1VFREE_SLURM_TEST_TRAINER")
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not STAND_IN and importlib.util.find_spec("r1vfree_mcore.train.cli") is None,
+        reason="trainer not available",
+    ),
+]
+
+TINY = os.environ.get("R1VFREE_SLURM_TEST_CONFIG", "launch/configs/tiny_cpu.yaml")
+RANK_LINE = re.compile(r"r1vfree: rank=(\d+) world=(\d+) role=(\w+) node=(\d+)")
+
+
+def _submit(slurm, run_dir, *trainer_args):
+    knobs = {"LAUNCH_SCRIPT": STAND_IN} if STAND_IN else {}
+    ids = slurm.submit("--config", TINY, "--run-dir", str(run_dir), "--nodes", "2",
+                       "--nproc-per-node", "1", "--reward-nodes", "1", "--", *trainer_args,
+                       **knobs)
+    return ids["TRAIN_JOB_ID"]
+
+
+def _metric_steps(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if line.strip()]
+
+
+def _rank_lines(log_text):
+    return {(int(r), int(w), role, int(n)) for r, w, role, n in RANK_LINE.findall(log_text)}
+
+
+def test_two_node_job_trains_three_steps(slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    job = _submit(slurm, run_dir, "--max-steps", "3")
+    info = slurm.wait(job, timeout=240)
+    log = job_log(run_dir, job).read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+    # One policy rank on node 0, one reward rank on node 1 (the reward node).
+    assert _rank_lines(log) == {(0, 2, "policy", 0), (1, 2, "reward", 1)}, log[-4000:]
+    assert _metric_steps(run_dir) == [1, 2, 3]
+    assert re.search(r"^r1vfree: step=3\b", log, re.M)
+    assert not (run_dir / "PREEMPT").exists()
+
+
+def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    max_steps = 8
+    job = _submit(slurm, run_dir, "--max-steps", str(max_steps))
+    log_path = None
+    deadline = time.monotonic() + 180
+    while log_path is None and time.monotonic() < deadline:
+        logs = list((run_dir / "logs").glob(f"*-{job}.out"))
+        log_path = logs[0] if logs else time.sleep(0.3)
+    assert log_path is not None, "the job never started"
+    slurm.wait_for_text(log_path, r"r1vfree: step=1\b", timeout=180)
+    slurm.run("scancel", "--signal=USR1", "--batch", str(job))
+
+    preempted = slurm.wait_for_text(log_path, r"r1vfree: preempted at step=(\d+)", timeout=120)
+    step = int(preempted.group(1))
+    assert 1 <= step < max_steps
+    # Requeued (restart count 1), resumed from the checkpoint, then ran to the end.
+    info = slurm.wait(job, timeout=240, until=lambda i: i.get("Restarts") == "1")
+    log = log_path.read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
+    assert f"r1vfree-slurm: job={job} restart=1 " in log
+    assert re.search(rf"r1vfree: resumed from step={step}\b", log), log[-4000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{step:06d}"
+    assert (run_dir / "checkpoints" / f"step_{step:06d}").is_dir()
+    assert _metric_steps(run_dir) == list(range(1, max_steps + 1))  # none lost, none repeated
+    assert not (run_dir / "PREEMPT").exists()
+
+
+def test_impossible_layout_fails_fast_with_readable_error(slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    job = _submit(slurm, run_dir, "--max-steps", "2", "parallel.tp=3")  # 1 policy rank
+    info = slurm.wait(job, timeout=120)
+    log = job_log(run_dir, job).read_text()
+    assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", log[-4000:]
+    assert info["Restarts"] == "0"
+    assert re.search(r"^r1vfree: config error: .*parallel\.tp", log, re.M), log[-4000:]
+    assert time.monotonic() - start < 90
+    assert not (run_dir / "metrics.jsonl").exists()
