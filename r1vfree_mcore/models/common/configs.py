@@ -138,7 +138,7 @@ def merger_config(dims: VisionDims, tp: int, params_dtype) -> TransformerConfig:
         num_layers=1,
         hidden_size=dims.out_hidden,
         ffn_hidden_size=dims.merged_hidden,
-        num_attention_heads=1,
+        num_attention_heads=tp,  # unused (no attention); megatron wants a multiple of TP
         normalization=dims.norm,
         layernorm_epsilon=1e-6,
         gated_linear_unit=False,
