@@ -143,8 +143,9 @@ def _chunk_backward(x, row_max, log_z, entropy, g_logp, g_ent, targets, shard, t
         p = torch.exp(x)
         x.add_(entropy.unsqueeze(1)).mul_(g_ent.unsqueeze(1)).add_(g_logp.unsqueeze(1))
         x.mul_(p).neg_()
-    idx, in_shard = _local_targets(targets, shard)
-    x.scatter_add_(1, idx, torch.where(in_shard, g_logp, torch.zeros_like(g_logp)).unsqueeze(1))
+    if shard.n_valid > 0:  # a rank holding only padding has no columns to touch
+        idx, in_shard = _local_targets(targets, shard)
+        x.scatter_add_(1, idx, torch.where(in_shard, g_logp, 0.0).unsqueeze(1))
     if temperature != 1.0:
         x.div_(temperature)
     return x
