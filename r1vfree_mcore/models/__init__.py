@@ -6,7 +6,7 @@ Public entry points: :func:`build_model`, :func:`family_of`, :func:`get_rope_ind
 
 from r1vfree_mcore.models.common.hf_config import family_of
 from r1vfree_mcore.models.common.rope_index import get_rope_index
-from r1vfree_mcore.models.common.vlm import QwenVLModel, build_model
+from r1vfree_mcore.models.common.vlm import QwenVLModel, build_model, mask_padded_vocab, padded_vocab_size
 from r1vfree_mcore.models.common.weight_loading import export_hf_state_dict, load_hf_state_dict
 
 __all__ = [
@@ -16,4 +16,6 @@ __all__ = [
     "family_of",
     "get_rope_index",
     "load_hf_state_dict",
+    "mask_padded_vocab",
+    "padded_vocab_size",
 ]

@@ -117,6 +117,13 @@ def train_step(model, inputs: dict, vocab: int):
         out = m(**kwargs)
 
         def loss_fn(logits):
+            from r1vfree_mcore.models import mask_padded_vocab
+
+            raw = gather_from_tensor_model_parallel_region(logits).detach()
+            masked = gather_from_tensor_model_parallel_region(mask_padded_vocab(logits.detach(), vocab))
+            captured["padded_masked"] = bool(torch.isneginf(masked[..., vocab:]).all()) and torch.equal(
+                masked[..., :vocab], raw[..., :vocab]
+            )
             full = gather_from_tensor_model_parallel_region(logits)[..., :vocab]
             captured["logits"] = full.detach().clone()
             loss = F.cross_entropy(full[valid], labels[valid])
@@ -134,6 +141,8 @@ def train_step(model, inputs: dict, vocab: int):
         micro_batch_size=b,
         forward_only=False,
     )
+    if ps.is_pipeline_last_stage():
+        assert captured["padded_masked"], "mask_padded_vocab did not mask exactly the padded columns"
     return captured.get("logits"), ps.is_pipeline_last_stage()
 
 

@@ -25,7 +25,7 @@ CASES = (("qwen2_vl", True, "left"), ("qwen2_5_vl", False, "right"))  # (family,
 
 
 def _tp1_checks(rank, world, ckpts, sides):
-    from r1vfree_mcore.models import export_hf_state_dict
+    from r1vfree_mcore.models import export_hf_state_dict, load_hf_state_dict
     from r1vfree_mcore.parallel.state import ParallelConfig, destroy_parallel
 
     out = {}
@@ -38,8 +38,17 @@ def _tp1_checks(rank, world, ckpts, sides):
         with torch.no_grad():
             eval_logits = model(**model_inputs(inputs))
         exported = export_hf_state_dict(model)
+        r = {}
+        # transformers-5 in-memory names (model.language_model.*, model.visual.*) through a getter.
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+        memory = hf.state_dict()
+        load_hf_state_dict(model, lambda name: memory[name], hf.config)
+        r["memory_layout_reload_equal"] = all(torch.equal(p, before[n]) for n, p in model.named_parameters())
         disk = hf_tensors(ckpt)
-        r = {
+        r |= {
             "train_logit_diff": max_diff(logits, ref, mask),
             "eval_logit_diff": max_diff(eval_logits[..., : ref.shape[-1]], ref, mask),
             "padded_vocab": eval_logits.shape[-1],
@@ -97,6 +106,7 @@ def test_export_round_trips_hf_weights(tp1_results, case):
     r = tp1_results[case]
     assert r["export_keys_equal"], r
     assert r["export_max_diff"] == 0.0
+    assert r["memory_layout_reload_equal"]
 
 
 @pytest.mark.slow

@@ -122,6 +122,16 @@ class QwenVLModel(MegatronModule):
         counts = stage_layer_counts(tc.num_hidden_layers, cfg)
         self.layer_offset = sum(counts[: parallel_state.get_pipeline_model_parallel_rank()])
 
+    # megatron's finalize_model_grads all-reduces the tied embedding / output-layer grads between
+    # the first and last stage through these two (it finds this module by `pre_process`).
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        """The embedding (first stage) or tied output-layer copy (last stage), else None."""
+        return self.language_model.shared_embedding_or_output_weight()
+
     def set_input_tensor(self, input_tensor) -> None:
         """Hidden states received from the previous stage (megatron schedules call this)."""
         self.language_model.set_input_tensor(input_tensor)
@@ -157,6 +167,18 @@ class QwenVLModel(MegatronModule):
         return out.transpose(0, 1).contiguous()
 
 
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Set this TP rank's padded-vocab columns (global index >= ``vocab_size``) to -inf.
+
+    Megatron pads the output layer to a multiple of 128 x TP rows; those logits are real numbers
+    (0 after loading HF weights) and would leak probability mass into a softmax / log-prob.
+    """
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    width = logits.shape[-1]
+    col = torch.arange(width, device=logits.device) + tp_rank * width
+    return logits.masked_fill(col >= vocab_size, float("-inf"))
+
+
 def build_model(hf_config, parallel_cfg: ParallelConfig, spec: str = "local", *, freeze_vision: bool = False,
                 freeze_merger: bool = False, params_dtype: torch.dtype = torch.float32) -> QwenVLModel:
     """This rank's pipeline stage of the policy (megatron parallel state must be initialised).
@@ -175,6 +197,8 @@ def build_model(hf_config, parallel_cfg: ParallelConfig, spec: str = "local", *,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
     )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())  # patch embed / rope buffers are built on the CPU
     if model.vision is not None:
         for name, p in model.vision.named_parameters():
             frozen = freeze_merger if name.startswith("merger.") else freeze_vision
