@@ -30,6 +30,8 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    # Never sampled: vision placeholders in a completion would be read as a new image.
+    suppress_token_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -120,6 +122,8 @@ class MegatronGenerator:
             logits = self._next_logits(ids, mask, prompts)
             if logits is not None:  # last pipeline stage
                 scaled = logits / params.temperature
+                if params.suppress_token_ids:
+                    scaled[:, list(params.suppress_token_ids)] = float("-inf")
                 logp_all = torch.log_softmax(scaled, -1)
                 probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
                 nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)

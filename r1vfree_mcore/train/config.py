@@ -103,21 +103,34 @@ class RolloutConfig:
 
 @dataclass
 class RewardSection:
-    num_ranks: int = 0  # processes beyond the policy that serve rewards; 0 = in-process
-    min_score: Optional[float] = 0.0  # model scores are clipped below at this (original: 0)
-    max_failure_fraction: float = 0.25  # stop the run when more samples of a step fail
-    retries: int = 2
-    timeout_s: float = 120.0
+    """Where and how rewards are computed (see r1vfree_mcore.rewards.RewardConfig for each knob)."""
+
+    num_ranks: int = 0  # processes beyond the policy that serve rewards; 0 = in-process thread
     backends: list[dict[str, Any]] = field(
         default_factory=lambda: [{"name": "format", "weight": 1.0}]
-    )  # [{name, weight, ...backend options}]
+    )  # [{name, weight, metric_name?, min_score? (default 0 for model scores), ...options}]
+    retries: int = 2  # extra attempts of a failing backend call
+    max_failure_fraction: float = 0.1  # stop the run when more samples of a step fail
+    batch_size: int = 8  # samples per backend call
+    heartbeat_s: float = 1.0
+    dead_after_s: float = 60.0  # a silent reward rank is declared dead after this
+    connect_timeout_s: float = 300.0
+    advertise_host: Optional[str] = None  # address reward ranks publish (multi-node)
+    result_timeout_s: float = 600.0  # longest wait for one step's scores
 
     def __post_init__(self):
         _check(self.num_ranks >= 0, "reward.num_ranks", "must be >= 0")
-        _check(0 <= self.max_failure_fraction <= 1, "reward.max_failure_fraction", "must be in [0, 1]")
-        _check(len(self.backends) > 0, "reward.backends", "needs at least one backend")
-        for i, b in enumerate(self.backends):
-            _check("name" in b, f"reward.backends[{i}]", "needs a 'name'")
+        try:
+            self.to_reward_config()
+        except ValueError as exc:  # re-key the rewards module's message to this section
+            raise ConfigError(str(exc).replace("rewards.", "reward.", 1)) from None
+
+    def to_reward_config(self):
+        from r1vfree_mcore.rewards.config import RewardConfig
+
+        d = {k: v for k, v in asdict(self).items() if k not in ("num_ranks", "result_timeout_s")}
+        d["backends"] = [dict(b) for b in self.backends]
+        return RewardConfig(num_reward_ranks=self.num_ranks, **d)
 
 
 @dataclass
@@ -128,6 +141,7 @@ class GRPOConfig:
     aggregation: str = "seq-mean-token-mean"
     num_iterations: int = 1  # policy updates per rollout batch
     mini_batch_size: Optional[int] = None  # sequences per optimizer step per DP rank; None = all
+    micro_batch_size: Optional[int] = None  # sequences per forward pass; None = num_generations
     normalize_std: bool = True  # False = Dr. GRPO advantages
     adv_eps: float = 1e-4
 
@@ -136,6 +150,7 @@ class GRPOConfig:
         _one_of(self.aggregation, AGGREGATIONS, "grpo.aggregation")
         _check(self.num_iterations >= 1, "grpo.num_iterations", "must be >= 1")
         _check(self.mini_batch_size is None or self.mini_batch_size >= 1, "grpo.mini_batch_size", "must be >= 1")
+        _check(self.micro_batch_size is None or self.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
 
 
 @dataclass
