@@ -78,6 +78,18 @@ def _tp1_checks(rank, world, ckpts, sides):
         r["partial_block_grads"] = [n for n, p in part.vision.named_parameters()
                                     if not n.startswith("merger.") and p.grad is not None]
         destroy_parallel()
+        # bf16 parameters everywhere (norms included), logits still close to the fp32 HF model.
+        from r1vfree_mcore.models import build_model
+        from r1vfree_mcore.parallel.state import initialize_parallel
+
+        initialize_parallel(ParallelConfig())
+        bf16 = build_model(hf.config, ParallelConfig(), params_dtype=torch.bfloat16)
+        load_hf_state_dict(bf16, hf_tensors(ckpt))
+        with torch.no_grad():
+            b_logits = bf16(**model_inputs(inputs))[..., : ref.shape[-1]].float()
+        r["bf16_dtypes"] = sorted({str(p.dtype) for p in bf16.parameters()})
+        r["bf16_rel_diff"] = max_diff(b_logits, ref, mask) / float(ref.abs().max())
+        destroy_parallel()
         out[str(ckpt)] = r
     return out
 
@@ -120,3 +132,11 @@ def test_frozen_vision_has_no_grads_or_optimizer_state(tp1_results, case):
     assert r["decoder_has_state"]
     assert r["partial_merger_grads"]
     assert r["partial_block_grads"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_bf16_params(tp1_results, case):
+    r = tp1_results[case]
+    assert r["bf16_dtypes"] == ["torch.bfloat16"]
+    assert r["bf16_rel_diff"] < 0.05, r["bf16_rel_diff"]

@@ -197,6 +197,11 @@ def build_model(hf_config, parallel_cfg: ParallelConfig, spec: str = "local", *,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
     )
+    if params_dtype != torch.float32:
+        # Torch norms (local spec) are created in fp32 whatever params_dtype says; cast every
+        # parameter (not the rope frequency buffers, which stay fp32).
+        for p in model.parameters():
+            p.data = p.data.to(params_dtype)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())  # patch embed / rope buffers are built on the CPU
     if model.vision is not None:
