@@ -56,6 +56,14 @@ def run(cfg, run_dir: Path, resume: str) -> int:
     from r1vfree_mcore.rewards import RewardTopology, init_policy_world, serve_rewards
     from r1vfree_mcore.train.setup import node_line
 
+    if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" not in os.environ:
+        # A plain single process: pick a free port so two local runs never collide.
+        from r1vfree_mcore.testing.distributed import free_port
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
     topo = RewardTopology.from_env(cfg.reward.num_ranks)
     role = "reward" if topo.is_reward_rank else "policy"
     print(node_line(role), flush=True)
