@@ -73,6 +73,8 @@ class RewardConfig:
     - ``max_failure_fraction``: a step whose failed samples exceed this fraction of its samples
       raises ``RewardFailureError``; below it, failed samples come back with ``valid=False``.
     - ``batch_size``: samples per backend call on the reward side.
+    - ``call_timeout_s``: a backend call running longer counts as a failed attempt (and is
+      retried); None = no limit. The overdue call's thread is abandoned, not killed.
     - ``heartbeat_s`` / ``dead_after_s``: reward ranks send a heartbeat every ``heartbeat_s``; a
       client that hears nothing for ``dead_after_s`` raises ``RewardRankError``.
     - ``connect_timeout_s``: how long ranks wait for each other at rendezvous.
@@ -86,6 +88,7 @@ class RewardConfig:
     retry_backoff_s: float = 0.05
     max_failure_fraction: float = 0.1
     batch_size: int = 8
+    call_timeout_s: float | None = None
     heartbeat_s: float = 1.0
     dead_after_s: float = 30.0
     connect_timeout_s: float = 300.0
@@ -108,6 +111,8 @@ class RewardConfig:
                 raise ValueError(f"rewards.{name} must be an int >= {lo}, got {v!r}")
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ValueError(f"rewards.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        if self.call_timeout_s is not None and not self.call_timeout_s > 0:
+            raise ValueError(f"rewards.call_timeout_s must be > 0 or None, got {self.call_timeout_s!r}")
         for name in ("retry_backoff_s", "heartbeat_s", "dead_after_s", "connect_timeout_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"rewards.{name} must be >= 0, got {getattr(self, name)!r}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +129,7 @@ class RewardEngine:
         ids = [r.sample_id for r in batch]
         for attempt in range(self.cfg.retries + 1):
             try:
-                out = [float(v) for v in backend.score(batch)]
+                out = [float(v) for v in self._call(backend, batch)]
                 if len(out) != len(batch):
                     raise ValueError(f"backend returned {len(out)} scores for {len(batch)} samples")
                 bad = [ids[k] for k, v in enumerate(out) if v != v or v in (float("inf"), float("-inf"))]
@@ -143,3 +144,15 @@ class RewardEngine:
                 if attempt < self.cfg.retries:
                     time.sleep(self.cfg.retry_backoff_s * (2 ** attempt))
         return None
+
+    def _call(self, backend, batch) -> list[float]:
+        """``backend.score(batch)``, bounded by ``cfg.call_timeout_s`` when set."""
+        if self.cfg.call_timeout_s is None:
+            return backend.score(batch)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-call")
+        try:
+            return pool.submit(backend.score, batch).result(timeout=self.cfg.call_timeout_s)
+        except TimeoutError as exc:
+            raise TimeoutError(f"backend call exceeded rewards.call_timeout_s={self.cfg.call_timeout_s}") from exc
+        finally:
+            pool.shutdown(wait=False)  # an overdue call is abandoned; it cannot be interrupted

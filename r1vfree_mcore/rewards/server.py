@@ -117,10 +117,12 @@ def serve_rewards(cfg: RewardConfig, topo: RewardTopology | None = None) -> None
             try:
                 peer, msg = work.get(timeout=0.5)
             except queue.Empty:
-                if not peers and time.monotonic() > deadline:
+                if len(peers) < len(expected) and time.monotonic() > deadline:
+                    missing = sorted(set(expected) - {p.policy_rank for p in peers})
                     raise channel.RewardRankError(
-                        f"reward rank {topo.rank}: no policy rank connected within "
-                        f"rewards.connect_timeout_s={cfg.connect_timeout_s:.0f}s (expected {expected})"
+                        f"reward rank {topo.rank}: policy ranks {missing} did not connect within "
+                        f"rewards.connect_timeout_s={cfg.connect_timeout_s:.0f}s (every policy rank must "
+                        "create its RewardClient)"
                     )
                 continue
             if msg[0] == "closed":

@@ -135,7 +135,7 @@ def test_failures_threshold_and_dead_reward_ranks(tmp_path, monkeypatch):
         cfg = {"backends": [{"name": "http_judge", "url": stub.url, "retries": 0, "backoff_s": 0.0},
                             {"name": "format"}],
                "num_reward_ranks": 2, "retries": 1, "retry_backoff_s": 0.0, "max_failure_fraction": 0.25,
-               "heartbeat_s": 0.3, "dead_after_s": 3.0, "connect_timeout_s": 120.0}
+               "heartbeat_s": 0.3, "dead_after_s": 4.0, "connect_timeout_s": 120.0}
         path = tmp_path / "rewards.json"
         path.write_text(json.dumps(cfg))
         out = run_distributed(_fault_main, 4, cfg, str(path), init_process_group=False, timeout=180)
@@ -146,9 +146,10 @@ def test_failures_threshold_and_dead_reward_ranks(tmp_path, monkeypatch):
     assert p0["ok_scores"] == [i % 11 / 10 for i in range(7)]
     assert "3 of 8 samples (37.5%)" in p0["threshold_error"]
     assert "sample 'bad" in p0["threshold_error"]
-    # killed: the connection drops, detected at once; frozen: no heartbeat for dead_after_s
-    assert "reward rank 2 (replica 0" in p0["rank_error"] and "died" in p0["rank_error"] and p0["detect_s"] < 3.0
-    assert "reward rank 3 (replica 1" in p1["rank_error"] and "heartbeat" in p1["rank_error"]
-    assert 2.5 < p1["detect_s"] < 15.0
+    # killed: the connection drops (detected before any heartbeat timeout);
+    # frozen: the connection stays open, detected after dead_after_s without heartbeats
+    assert "reward rank 2 (replica 0" in p0["rank_error"] and "died" in p0["rank_error"] and p0["detect_s"] < 4.0
+    assert "reward rank 3 (replica 1" in p1["rank_error"] and "no heartbeat" in p1["rank_error"]
+    assert 3.5 < p1["detect_s"] < 30.0
     assert "127.0.0.1" in p1["rank_error"]
     assert r0["returncode"] == -signal.SIGKILL and r1["returncode"] == -signal.SIGKILL

@@ -86,6 +86,19 @@ def test_threshold_stops_with_count_fraction_and_last_error():
         engine.score(reqs())
 
 
+def test_call_timeout_counts_as_failed_attempt():
+    gate = threading.Event()  # never set during scoring: every call hangs until released
+    engine = RewardEngine(cfg(retries=1, call_timeout_s=0.05, max_failure_fraction=1.0,
+                              backends=[{"name": "length_test", "gate": gate}]))
+    try:
+        res = engine.score(reqs(2))
+    finally:
+        gate.set()  # release the abandoned calls
+    assert res.valid == [False, False] and res.failures == 2
+    assert res.errors == 6  # chunk (2 tries) + each sample alone (2 tries each)
+    assert "call_timeout_s=0.05" in res.last_error
+
+
 def test_local_scorer_is_non_blocking_and_ordered():
     gate = threading.Event()
     c = RewardConfig(backends=[{"name": "length_test", "gate": gate}, {"name": "format"}], batch_size=3)
