@@ -55,9 +55,10 @@ on_term() {
 trap on_usr1 USR1
 trap on_term TERM
 
-# One task per node, each starting torchrun with nproc-per-node workers. --kill-on-bad-exit makes
-# a failure on one node end the others at once (fail fast, readable error at the end of the log).
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${srun_args[@]}" \
+# One task per node, each starting torchrun with nproc-per-node workers. --whole gives that one
+# task every CPU and GPU of its node (otherwise Slurm may pin all workers to one core);
+# --kill-on-bad-exit makes a failure on one node end the others at once (fail fast).
+srun --ntasks-per-node=1 --whole --kill-on-bad-exit=1 "${srun_args[@]}" \
   env PYTHONUNBUFFERED=1 "$PYTHON" launch/launch.py "${launch_args[@]}" \
   --config "$CONFIG" --run-dir "$RUN_DIR" --resume auto "${train_args[@]}" &
 SRUN_PID=$!
@@ -67,6 +68,9 @@ while :; do
   kill -0 "$SRUN_PID" 2>/dev/null || break
 done
 log "srun exited with status $rc"
+if [[ "$rc" != 0 ]]; then
+  log "training failed: the first 'r1vfree: ... error' line above names the cause"
+fi
 
 if [[ "$PREEMPTED" == 1 ]]; then
   if [[ "$rc" == 0 && ! -e "$RUN_DIR/PREEMPT" ]]; then
