@@ -24,7 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--resume", default="auto", help="auto (from RUN_DIR/checkpoints/latest), none, or a path")
     p.add_argument("--dry-run", action="store_true", help="print the memory estimate per rank and exit")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come before or after options
 
 
 def main(argv=None) -> int:
