@@ -210,3 +210,44 @@ def compare_layouts(rank, world, ckpts, layouts, padding_sides):
             results[(ckpt.name, str(layout))] = (logit_diff, grad_diff, len(grads))
             destroy_parallel()
     return results
+
+
+def dist_ckpt_reshard(ckpt: Path, save_dir: str, layout: dict) -> float:
+    """Save a dist checkpoint at ``layout`` and load it at TP=1/PP=1: max |param - HF-loaded param|."""
+    from megatron.core import dist_checkpointing
+    from transformers import AutoConfig
+
+    from r1vfree_mcore.models import build_model, load_hf_state_dict
+    from r1vfree_mcore.parallel.state import ParallelConfig, destroy_parallel, initialize_parallel
+
+    hf_config = AutoConfig.from_pretrained(ckpt)
+    cfg = ParallelConfig(**layout)
+    initialize_parallel(cfg)
+    model = build_model(hf_config, cfg)
+    load_hf_state_dict(model, hf_tensors(ckpt))
+    if torch.distributed.get_rank() == 0:
+        os.makedirs(save_dir, exist_ok=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(), save_dir)
+    destroy_parallel()
+    initialize_parallel(ParallelConfig())
+    ref = build_model(hf_config, ParallelConfig())
+    load_hf_state_dict(ref, hf_tensors(ckpt))
+    loaded = build_model(hf_config, ParallelConfig())
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.zero_()
+    loaded.load_state_dict(dist_checkpointing.load(loaded.sharded_state_dict(), save_dir), strict=False)
+    ref_params = dict(ref.named_parameters())
+    diff = max(float((p - ref_params[n]).abs().max()) for n, p in loaded.named_parameters())
+    destroy_parallel()
+    return diff
+
+
+def parallel_suite(rank, world, ckpts, layouts, sides, save_root):
+    """Worker: :func:`compare_layouts`, then a TP2xPP2 -> TP1 dist-checkpoint reshard per checkpoint."""
+    out = {"layouts": compare_layouts(rank, world, ckpts, layouts, sides), "reshard": {}}
+    for ckpt in ckpts:
+        name = Path(ckpt).name
+        out["reshard"][name] = dist_ckpt_reshard(Path(ckpt), f"{save_root}/{name}", dict(tp=2, pp=2))
+    return out

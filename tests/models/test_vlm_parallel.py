@@ -1,14 +1,14 @@
 """TP=2, PP=2 (uneven 3+1) and TP=2 x PP=2 equal HF (logits) and TP=1 (grads), both families.
 
-One 4-rank launch runs every layout (DP fills the rest of the world); the tests check its
-per-rank measurements.
+One 4-rank launch runs every layout (DP fills the rest of the world) and a dist-checkpoint
+reshard (save at TP2xPP2, load at TP1); the tests check its per-rank measurements.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from _vlm_harness import compare_layouts, make_checkpoint
+from _vlm_harness import make_checkpoint, parallel_suite
 from r1vfree_mcore.testing.distributed import run_distributed
 
 CASES = (("qwen2_vl", False, "left"), ("qwen2_5_vl", True, "right"))  # tied flips vs the TP=1 test
@@ -19,7 +19,8 @@ LAYOUTS = (dict(tp=2), dict(pp=2, pp_layer_split=(3, 1)), dict(tp=2, pp=2))
 def layout_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_parallel")
     ckpts = [str(make_checkpoint(root, fam, tied)) for fam, tied, _ in CASES]
-    return run_distributed(compare_layouts, 4, ckpts, LAYOUTS, [s for *_, s in CASES], timeout=400)
+    sides = [s for *_, s in CASES]
+    return run_distributed(parallel_suite, 4, ckpts, LAYOUTS, sides, str(root / "dist_ckpt"), timeout=400)
 
 
 @pytest.mark.slow
@@ -28,7 +29,7 @@ def layout_results(tmp_path_factory):
 def test_parallel_layout_equals_hf_and_tp1(layout_results, family, layout):
     seen_logits = 0
     for rank_results in layout_results:
-        matches = [v for (ck, lay), v in rank_results.items() if ck.startswith(family + "_") and lay == str(layout)]
+        matches = [v for (ck, lay), v in rank_results["layouts"].items() if ck.startswith(family + "_") and lay == str(layout)]
         assert len(matches) == 1
         logit_diff, grad_rel_diff, n_grads = matches[0]
         if logit_diff is not None:  # last pipeline stage
@@ -37,3 +38,11 @@ def test_parallel_layout_equals_hf_and_tp1(layout_results, family, layout):
         assert n_grads > 0
         assert grad_rel_diff <= 1e-4, (family, layout, grad_rel_diff)
     assert seen_logits == (4 if layout.get("pp", 1) == 1 else 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [c[0] for c in CASES])
+def test_dist_checkpoint_reshards_tp2pp2_to_tp1(layout_results, family):
+    for rank_results in layout_results:
+        (diff,) = [d for name, d in rank_results["reshard"].items() if name.startswith(family + "_")]
+        assert diff == 0.0

@@ -129,6 +129,25 @@ class VisionTower(MegatronModule):
             merged = merged[torch.argsort(order)]
         return merged
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """dist_checkpointing view: each block through its own (TP-aware) sharded_state_dict.
+
+        The default would treat the ``blocks`` ModuleList as a plain module (replicated tensors,
+        local shapes), which breaks resharding across TP sizes.
+        """
+        from megatron.core import parallel_state
+        from megatron.core.transformer.utils import sharded_state_dict_default
+
+        tp_group = parallel_state.get_tensor_model_parallel_group()  # replica ids of replicated tensors
+        out = {}
+        for name, module in self.named_children():
+            if name == "blocks":
+                for i, block in enumerate(module):
+                    out.update(block.sharded_state_dict(f"{prefix}blocks.{i}.", sharded_offsets, metadata))
+            else:
+                out.update(sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata, tp_group))
+        return out
+
     def _permute(self, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """Reorder groups of merge^2 patches (one merged token each) by ``order``."""
         unit = self.dims.spatial_merge_size**2
