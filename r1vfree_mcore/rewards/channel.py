@@ -50,18 +50,28 @@ def bind_address(host: str) -> str:
     return "127.0.0.1" if host in _LOCAL else "0.0.0.0"
 
 
+_STORES: dict[tuple, object] = {}
+
+
 def open_store(topo: RewardTopology, timeout_s: float):
-    """The rendezvous TCPStore (server on global rank 0, client elsewhere)."""
+    """The rendezvous TCPStore (server on global rank 0, client elsewhere).
+
+    Cached per process: global rank 0 must keep hosting it for the whole run, and a second
+    server on the same port would fail.
+    """
     from torch.distributed import TCPStore
 
-    return TCPStore(
-        topo.master_addr,
-        topo.master_port + 2,
-        world_size=topo.world_size,
-        is_master=topo.rank == 0,
-        timeout=timedelta(seconds=timeout_s),
-        wait_for_workers=False,
-    )
+    key = (topo.master_addr, topo.master_port + 2, topo.rank)
+    if key not in _STORES:
+        _STORES[key] = TCPStore(
+            topo.master_addr,
+            topo.master_port + 2,
+            world_size=topo.world_size,
+            is_master=topo.rank == 0,
+            timeout=timedelta(seconds=timeout_s),
+            wait_for_workers=False,
+        )
+    return _STORES[key]
 
 
 def store_key(replica: int) -> str:

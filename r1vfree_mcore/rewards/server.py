@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import traceback
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Listener
 
 from r1vfree_mcore.rewards import channel
@@ -68,7 +69,7 @@ def _acceptor(listener: Listener, n: int, work: queue.Queue, peers: list) -> Non
         try:
             conn = listener.accept()
             hello = conn.recv()
-        except (OSError, EOFError) as exc:  # e.g. a client with the wrong authkey
+        except (OSError, EOFError, AuthenticationError) as exc:  # e.g. a client with the wrong authkey
             log.warning("reward rank: rejected a connection: %s", exc)
             continue
         peer = _Peer(conn, int(hello[1]))
@@ -93,11 +94,20 @@ def _answer(engine: RewardEngine, peer: _Peer, req_id: int, requests) -> None:
         raise
 
 
+def _select_local_gpu() -> None:
+    """Reward ranks use the GPU of their LOCAL_RANK, like the policy ranks on the same node."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def serve_rewards(cfg: RewardConfig, topo: RewardTopology | None = None) -> None:
     """Serve rewards on this reward rank until all of its policy ranks shut down."""
     topo = topo or RewardTopology.from_env(cfg.num_reward_ranks)
     replica = topo.reward_index
     expected = topo.clients_of(replica)
+    _select_local_gpu()
     engine = RewardEngine(cfg)  # models load before the address is published
     host = channel.advertise_host(topo, cfg.advertise_host)
     listener = Listener((channel.bind_address(host), 0), authkey=channel.authkey(topo))
