@@ -108,8 +108,18 @@ class VisionTower(MegatronModule):
         self.merger = PatchMerger(dims, backend, tp, params_dtype)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        # A frozen encoder keeps no activations for backward (the merger may still train).
+        trainable = any(p.requires_grad for n, p in self.named_parameters() if not n.startswith("merger."))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
+            hidden, order = self._encode(pixel_values, grid_thw.cpu())
+        merged = self.merger(hidden)
+        if order is not None:
+            merged = merged[torch.argsort(order)]
+        return merged
+
+    def _encode(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor):
+        """Patch embed + blocks: ``[N, hidden]`` (in window order for Qwen2.5-VL) and that order."""
         d = self.dims
-        grid_thw = grid_thw.cpu()
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
         rope = self.rotary(vision_position_ids(grid_thw, d.spatial_merge_size).to(x.device))
         full_mask = self.backend.vision_mask(frame_cu_seqlens(grid_thw)).to(x.device)
@@ -124,10 +134,7 @@ class VisionTower(MegatronModule):
         for i, block in enumerate(self.blocks):
             windowed = order is not None and i not in d.fullatt_block_indexes
             hidden, _ = block(hidden, attention_mask=window_mask if windowed else full_mask, rotary_pos_emb=rope)
-        merged = self.merger(hidden[:, 0])
-        if order is not None:
-            merged = merged[torch.argsort(order)]
-        return merged
+        return hidden[:, 0], order
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         """dist_checkpointing view: each block through its own (TP-aware) sharded_state_dict.
