@@ -38,3 +38,27 @@ def test_rope_index_errors_on_grid_mismatch(checkpoints):
     extra = torch.cat([inputs["image_grid_thw"], inputs["image_grid_thw"][:1]])
     with pytest.raises(ValueError, match="image_grid_thw has more rows"):
         get_rope_index(inputs["input_ids"], extra, inputs["attention_mask"], hf.config)
+
+
+def _cfg(image_token=7, merge=2):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(image_token_id=image_token, vision_config=SimpleNamespace(spatial_merge_size=merge))
+
+
+def test_adjacent_images_and_text_only_rows():
+    # Row 0: text, two images back to back (2x2 and 1x2 merged grids), text. Row 1: text only.
+    ids = torch.tensor([[1, 7, 7, 7, 7, 7, 7, 2], [3, 4, 5, 6, 1, 2, 3, 4]])
+    grid = torch.tensor([[1, 4, 4], [1, 2, 4]])
+    got = get_rope_index(ids, grid, None, _cfg())
+    t = [0, 1, 1, 1, 1, 3, 3, 5]
+    h = [0, 1, 1, 2, 2, 3, 3, 5]
+    w = [0, 1, 2, 1, 2, 3, 4, 5]
+    assert got[:, 0].tolist() == [t, h, w]
+    assert got[:, 1].tolist() == [list(range(8))] * 3
+
+
+def test_truncated_image_is_an_error():
+    ids = torch.tensor([[1, 7, 7, 7]])
+    with pytest.raises(ValueError, match="needs 4 <\\|image_pad\\|> tokens"):
+        get_rope_index(ids, torch.tensor([[1, 4, 4]]), None, _cfg())

@@ -26,28 +26,35 @@ def get_rope_index(
     grids = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
     for row in range(b):
         keep = attention_mask[row].bool() if attention_mask is not None else torch.ones(s, dtype=torch.bool)
-        ids = input_ids[row][keep.to(input_ids.device)].tolist()
-        pos = torch.empty(3, len(ids), dtype=torch.long)
-        cur, i = 0, 0
-        while i < len(ids):
-            if ids[i] != image_token:
-                pos[:, i] = cur
-                cur, i = cur + 1, i + 1
-                continue
-            try:
-                t, h, w = next(grids)
-            except StopIteration:
-                raise ValueError(
-                    f"input_ids row {row} has more <|image_pad|> runs than image_grid_thw rows"
-                ) from None
-            gh, gw = h // merge, w // merge
-            n = t * gh * gw
-            if ids[i : i + n] != [image_token] * n:
-                raise ValueError(f"input_ids row {row}: image at token {i} needs {n} <|image_pad|> tokens")
-            tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(gh), torch.arange(gw), indexing="ij")
-            pos[:, i : i + n] = torch.stack([tt, hh, ww]).reshape(3, -1) + cur
-            cur, i = cur + max(gh, gw), i + n
-        out[:, row, keep.to(out.device)] = pos.to(out.device)
+        ids = input_ids[row][keep.to(input_ids.device)].cpu()
+        out[:, row, keep.to(out.device)] = _row_positions(ids, image_token, merge, grids, row).to(out.device)
     if next(grids, None) is not None:
         raise ValueError("image_grid_thw has more rows than images in input_ids")
     return out
+
+
+def _row_positions(ids: torch.Tensor, image_token: int, merge: int, grids, row: int) -> torch.Tensor:
+    """Positions ``[3, len(ids)]`` of one unpadded sequence, consuming its images from ``grids``."""
+    n_tok = len(ids)
+    is_img = ids == image_token
+    pos = torch.empty(3, n_tok, dtype=torch.long)
+    cur, i = 0, 0
+    while i < n_tok:
+        nxt = is_img[i:].nonzero()
+        j = i + int(nxt[0]) if len(nxt) else n_tok
+        pos[:, i:j] = torch.arange(cur, cur + j - i)  # a text run
+        cur += j - i
+        if j == n_tok:
+            break
+        try:
+            t, h, w = next(grids)
+        except StopIteration:
+            raise ValueError(f"input_ids row {row} has more <|image_pad|> runs than image_grid_thw rows") from None
+        gh, gw = h // merge, w // merge
+        n = t * gh * gw
+        if j + n > n_tok or not bool(is_img[j : j + n].all()):
+            raise ValueError(f"input_ids row {row}: image at token {j} needs {n} <|image_pad|> tokens")
+        tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(gh), torch.arange(gw), indexing="ij")
+        pos[:, j : j + n] = torch.stack([tt, hh, ww]).reshape(3, -1) + cur
+        cur, i = cur + max(gh, gw), j + n
+    return pos
