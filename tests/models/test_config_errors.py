@@ -77,3 +77,10 @@ def test_fp8_context_without_te():
         assert isinstance(fp8_context("delayed"), contextlib.nullcontext)
     with pytest.raises(ValueError, match="fp8 recipe"):
         fp8_context("mxfp8")
+
+
+def test_decoder_overrides_cannot_change_architecture(hf_config):
+    from r1vfree_mcore.models.common.configs import decoder_config
+
+    with pytest.raises(ValueError, match=r"architecture fields \['num_layers'\]"):
+        decoder_config(hf_config, 1, 1, None, None, {"num_layers": 2})

@@ -72,6 +72,14 @@ def _tp1_checks(rank, world, ckpts, sides):
         r["frozen_changed"] = [n for n, p in vision_params.items() if not torch.equal(p, before[n])]
         r["decoder_has_state"] = len(opt.state) > 0
         destroy_parallel()
+        # Full activation recompute in the decoder: same logits and grads.
+        _, rc_logits, rc_grads = run_layout(
+            hf.config, ckpt, inputs, ParallelConfig(),
+            decoder_overrides=dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+        )
+        r["recompute_logit_diff"] = max_diff(rc_logits, logits)
+        r["recompute_grad_diff"] = max(float((g - grads[n]).abs().max()) for n, g in rc_grads.items())
+        destroy_parallel()
         # Vision blocks frozen, merger trainable.
         part, _, _ = run_layout(hf.config, ckpt, inputs, ParallelConfig(), freeze_vision=True)
         r["partial_merger_grads"] = all(p.grad is not None for p in part.vision.merger.parameters())
@@ -140,3 +148,10 @@ def test_bf16_params(tp1_results, case):
     r = tp1_results[case]
     assert r["bf16_dtypes"] == ["torch.bfloat16"]
     assert r["bf16_rel_diff"] < 0.05, r["bf16_rel_diff"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_decoder_recompute_changes_nothing(tp1_results, case):
+    r = tp1_results[case]
+    assert r["recompute_logit_diff"] <= 1e-6 and r["recompute_grad_diff"] <= 1e-6, r

@@ -84,8 +84,12 @@ def _common(tp: int, params_dtype: torch.dtype) -> dict[str, Any]:
     )
 
 
-def decoder_config(hf_config, tp: int, pp: int, layer_split, params_dtype) -> TransformerConfig:
-    """Config of the mrope GPT decoder (RMSNorm, SwiGLU, GQA, qkv bias)."""
+def decoder_config(hf_config, tp: int, pp: int, layer_split, params_dtype, overrides=None) -> TransformerConfig:
+    """Config of the mrope GPT decoder (RMSNorm, SwiGLU, GQA, qkv bias).
+
+    ``overrides``: extra TransformerConfig fields for the run (e.g. recompute_granularity,
+    variable_seq_lengths); they may not change the architecture read from the HF config.
+    """
     tc = text_config(hf_config)
     _, section = rope_params(hf_config)
     layout = None
@@ -93,7 +97,7 @@ def decoder_config(hf_config, tp: int, pp: int, layer_split, params_dtype) -> Tr
         # Explicit per-stage layer counts, e.g. (3, 1) -> "Ettt|tL".
         layout = "|".join("t" * n for n in layer_split)
         layout = "E" + layout + "L"
-    return TransformerConfig(
+    arch = dict(
         num_layers=tc.num_hidden_layers,
         hidden_size=tc.hidden_size,
         ffn_hidden_size=tc.intermediate_size,
@@ -109,8 +113,12 @@ def decoder_config(hf_config, tp: int, pp: int, layer_split, params_dtype) -> Tr
         mrope_section=section,
         pipeline_model_parallel_size=pp,
         pipeline_model_parallel_layout=layout,
-        **_common(tp, params_dtype),
     )
+    overrides = dict(overrides or {})
+    clash = sorted(set(overrides) & set(arch))
+    if clash:
+        raise ValueError(f"decoder_overrides may not set architecture fields {clash} (they come from the HF config)")
+    return TransformerConfig(**arch, **{**_common(tp, params_dtype), **overrides})
 
 
 def vision_config(dims: VisionDims, tp: int, params_dtype) -> TransformerConfig:

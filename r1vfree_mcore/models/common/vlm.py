@@ -92,9 +92,9 @@ class QwenVLModel(MegatronModule):
     """
 
     def __init__(self, hf_config, cfg: ParallelConfig, backend, params_dtype=torch.float32,
-                 pre_process: bool = True, post_process: bool = True):
+                 pre_process: bool = True, post_process: bool = True, decoder_overrides=None):
         tc = text_config(hf_config)
-        dcfg = decoder_config(hf_config, cfg.tp, cfg.pp, cfg.pp_layer_split, params_dtype)
+        dcfg = decoder_config(hf_config, cfg.tp, cfg.pp, cfg.pp_layer_split, params_dtype, decoder_overrides)
         super().__init__(config=dcfg)
         self.hf_config = hf_config
         self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
@@ -180,12 +180,15 @@ def mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def build_model(hf_config, parallel_cfg: ParallelConfig, spec: str = "local", *, freeze_vision: bool = False,
-                freeze_merger: bool = False, params_dtype: torch.dtype = torch.float32) -> QwenVLModel:
+                freeze_merger: bool = False, params_dtype: torch.dtype = torch.float32,
+                decoder_overrides: dict | None = None) -> QwenVLModel:
     """This rank's pipeline stage of the policy (megatron parallel state must be initialised).
 
     ``spec``: 'local' or 'transformer_engine' (falls back to local, with a warning, without TE).
     ``freeze_vision`` freezes the vision blocks and patch embedding, ``freeze_merger`` the merger:
     frozen parameters have ``requires_grad=False`` (no grads; build optimizers over trainable ones).
+    ``decoder_overrides``: run-time TransformerConfig fields of the decoder (activation
+    recompute, ``variable_seq_lengths``, ...); architecture fields are rejected.
     """
     validate(hf_config, parallel_cfg)
     for name, have in (("tp", parallel_state.get_tensor_model_parallel_world_size()),
@@ -196,6 +199,7 @@ def build_model(hf_config, parallel_cfg: ParallelConfig, spec: str = "local", *,
         hf_config, parallel_cfg, get_backend(spec), params_dtype,
         pre_process=parallel_state.is_pipeline_first_stage(),
         post_process=parallel_state.is_pipeline_last_stage(),
+        decoder_overrides=decoder_overrides,
     )
     if params_dtype != torch.float32:
         # Torch norms (local spec) are created in fp32 whatever params_dtype says; cast every
