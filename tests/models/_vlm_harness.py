@@ -43,6 +43,17 @@ def build_inputs(ckpt: Path, padding_side: str = "left") -> dict:
     return dict(batch)
 
 
+def build_text_inputs(ckpt: Path) -> dict:
+    """A text-only batch of two prompts of different lengths, right-padded."""
+    from transformers import AutoProcessor
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    proc = AutoProcessor.from_pretrained(ckpt)
+    proc.tokenizer.padding_side = "right"
+    texts = ["What is shown in the image? Describe the colors.", "The count is 3."]
+    return dict(proc(text=texts, return_tensors="pt", padding=True))
+
+
 def hf_model(ckpt: Path):
     from transformers import AutoModelForImageTextToText
 

@@ -11,6 +11,7 @@ import torch
 
 from _vlm_harness import (
     build_inputs,
+    build_text_inputs,
     hf_logits,
     hf_model,
     hf_tensors,
@@ -39,6 +40,10 @@ def _tp1_checks(rank, world, ckpts, sides):
             eval_logits = model(**model_inputs(inputs))
         exported = export_hf_state_dict(model)
         r = {}
+        text = build_text_inputs(ckpt)
+        with torch.no_grad():
+            t_logits = model(text["input_ids"], attention_mask=text["attention_mask"])[..., : ref.shape[-1]]
+        r["text_only_logit_diff"] = max_diff(t_logits, hf_logits(hf, text), text["attention_mask"])
         # transformers-5 in-memory names (model.language_model.*, model.visual.*) through a getter.
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         with torch.no_grad():
@@ -116,6 +121,7 @@ def test_tp1_logits_equal_hf(tp1_results, case):
     r = tp1_results[case]
     assert r["train_logit_diff"] <= 1e-4, r
     assert r["eval_logit_diff"] <= 1e-4, r
+    assert r["text_only_logit_diff"] <= 1e-4, r
     assert r["padded_vocab"] % 128 == 0
     assert r["grads_finite_nonzero"]
 
