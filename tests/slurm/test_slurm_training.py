@@ -1,39 +1,60 @@
 """r1vfree-train under the real slurm/ scripts on a two-node Slurm: training, preemption, errors.
 
-Uses launch/configs/tiny_cpu.yaml (CPU, gloo) with one process per node and the second node as
-the reward node (--reward-nodes 1 -> reward.num_ranks=1): rank 0 = policy on n1, rank 1 = reward
+Uses launch/configs/tiny_cpu.yaml (CPU, gloo; its assets written to a temporary directory) with
+one process per node and the second node as the reward node (--reward-nodes 1 -> reward.num_ranks=1): rank 0 = policy on n1, rank 1 = reward
 on n2. R1VFREE_SLURM_TEST_TRAINER=PATH runs a stand-in script instead of the trainer module and
 R1VFREE_SLURM_TEST_CONFIG=PATH another recipe (for developing the scripts without the trainer).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import time
 
 import pytest
-from slurm_jobs import job_log
+import yaml
+from slurm_jobs import REPO, job_log
 
 STAND_IN = os.environ.get("R1VFREE_SLURM_TEST_TRAINER")
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not STAND_IN and importlib.util.find_spec("r1vfree_mcore.train.cli") is None,
-        reason="trainer not available",
-    ),
-]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-TINY = os.environ.get("R1VFREE_SLURM_TEST_CONFIG", "launch/configs/tiny_cpu.yaml")
+TINY = REPO / "launch" / "configs" / "tiny_cpu.yaml"
+# tiny_cpu.yaml expects the assets of `python -m r1vfree_mcore.demo` here (relative to the cwd).
+ASSETS_PREFIX = "runs/tiny_assets/"
 RANK_LINE = re.compile(r"r1vfree: rank=(\d+) world=(\d+) role=(\w+) node=(\d+)")
 
 
-def _submit(slurm, run_dir, *trainer_args):
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory) -> str:
+    """tiny_cpu.yaml with its asset paths pointed at freshly written tiny assets (not the repo)."""
+    override = os.environ.get("R1VFREE_SLURM_TEST_CONFIG")
+    if override:
+        return override
+    from r1vfree_mcore.demo import write_assets
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_assets(root / "assets")
+
+    def repoint(node):
+        if isinstance(node, dict):
+            return {k: repoint(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [repoint(v) for v in node]
+        if isinstance(node, str) and node.startswith(ASSETS_PREFIX):
+            return str(root / "assets" / node[len(ASSETS_PREFIX):])
+        return node
+
+    recipe = root / "tiny_cpu.yaml"
+    recipe.write_text(yaml.safe_dump(repoint(yaml.safe_load(TINY.read_text()))))
+    assert str(root) in recipe.read_text(), f"{TINY} no longer points at {ASSETS_PREFIX}"
+    return str(recipe)
+
+
+def _submit(slurm, recipe, run_dir, *trainer_args):
     knobs = {"LAUNCH_SCRIPT": STAND_IN} if STAND_IN else {}
-    ids = slurm.submit("--config", TINY, "--run-dir", str(run_dir), "--nodes", "2",
+    ids = slurm.submit("--config", recipe, "--run-dir", str(run_dir), "--nodes", "2",
                        "--nproc-per-node", "1", "--reward-nodes", "1", "--", *trainer_args,
                        **knobs)
     return ids["TRAIN_JOB_ID"]
@@ -48,9 +69,9 @@ def _rank_lines(log_text):
     return {(int(r), int(w), role, int(n)) for r, w, role, n in RANK_LINE.findall(log_text)}
 
 
-def test_two_node_job_trains_three_steps(slurm, tmp_path):
+def test_two_node_job_trains_three_steps(slurm, tiny_recipe, tmp_path):
     run_dir = tmp_path / "run"
-    job = _submit(slurm, run_dir, "--max-steps", "3")
+    job = _submit(slurm, tiny_recipe, run_dir, "--max-steps", "3")
     info = slurm.wait(job, timeout=240)
     log = job_log(run_dir, job).read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log[-4000:]
@@ -61,10 +82,10 @@ def test_two_node_job_trains_three_steps(slurm, tmp_path):
     assert not (run_dir / "PREEMPT").exists()
 
 
-def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, tmp_path):
+def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, tiny_recipe, tmp_path):
     run_dir = tmp_path / "run"
     max_steps = 5
-    job = _submit(slurm, run_dir, "--max-steps", str(max_steps))
+    job = _submit(slurm, tiny_recipe, run_dir, "--max-steps", str(max_steps))
     log_path = None
     deadline = time.monotonic() + 180
     while log_path is None and time.monotonic() < deadline:
@@ -89,10 +110,10 @@ def test_usr1_checkpoints_requeues_and_resumes_without_losing_a_step(slurm, tmp_
     assert not (run_dir / "PREEMPT").exists()
 
 
-def test_impossible_layout_fails_fast_with_readable_error(slurm, tmp_path):
+def test_impossible_layout_fails_fast_with_readable_error(slurm, tiny_recipe, tmp_path):
     run_dir = tmp_path / "run"
     start = time.monotonic()
-    job = _submit(slurm, run_dir, "--max-steps", "2", "parallel.tp=3")  # 1 policy rank
+    job = _submit(slurm, tiny_recipe, run_dir, "--max-steps", "2", "parallel.tp=3")  # 1 policy rank
     info = slurm.wait(job, timeout=120)
     log = job_log(run_dir, job).read_text()
     assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", log[-4000:]
