@@ -223,19 +223,28 @@ def compare_layouts(rank, world, ckpts, layouts, padding_sides):
     return results
 
 
-def dist_ckpt_reshard(ckpt: Path, save_dir: str, layout: dict) -> float:
-    """Save a dist checkpoint at ``layout`` and load it at TP=1/PP=1: max |param - HF-loaded param|."""
+def dist_ckpt_reshard(ckpt: Path, save_dir: str, layout: dict) -> tuple[float, dict]:
+    """Save a dist checkpoint at ``layout`` and load it at TP=1/PP=1.
+
+    Returns (max |param - HF-loaded param|, {HF name: max |diff|} of this stage's HF export at
+    ``layout``, via gather_full_tensors + export_hf_state_dict).
+    """
     from megatron.core import dist_checkpointing
     from transformers import AutoConfig
 
-    from r1vfree_mcore.models import build_model, load_hf_state_dict
+    from r1vfree_mcore.models import build_model, export_hf_state_dict, load_hf_state_dict
+    from r1vfree_mcore.models.common.weight_loading import gather_full_tensors
     from r1vfree_mcore.parallel.state import ParallelConfig, destroy_parallel, initialize_parallel
 
     hf_config = AutoConfig.from_pretrained(ckpt)
     cfg = ParallelConfig(**layout)
     initialize_parallel(cfg)
     model = build_model(hf_config, cfg)
-    load_hf_state_dict(model, hf_tensors(ckpt))
+    disk = hf_tensors(ckpt)
+    load_hf_state_dict(model, disk)
+    partial = export_hf_state_dict(gather_full_tensors(model), hf_config, model.padded_vocab_size)
+    exported = {k: float((v - disk[k]).abs().max()) if v.shape == disk[k].shape else float("inf")
+                for k, v in partial.items()}
     if torch.distributed.get_rank() == 0:
         os.makedirs(save_dir, exist_ok=True)
     torch.distributed.barrier()
@@ -252,11 +261,11 @@ def dist_ckpt_reshard(ckpt: Path, save_dir: str, layout: dict) -> float:
     ref_params = dict(ref.named_parameters())
     diff = max(float((p - ref_params[n]).abs().max()) for n, p in loaded.named_parameters())
     destroy_parallel()
-    return diff
+    return diff, exported
 
 
 def parallel_suite(rank, world, ckpts, layouts, sides, save_root):
-    """Worker: :func:`compare_layouts`, then a TP2xPP2 -> TP1 dist-checkpoint reshard per checkpoint."""
+    """Worker: :func:`compare_layouts`, then TP2xPP2 HF export and dist-checkpoint reshard to TP1."""
     out = {"layouts": compare_layouts(rank, world, ckpts, layouts, sides), "reshard": {}}
     for ckpt in ckpts:
         name = Path(ckpt).name

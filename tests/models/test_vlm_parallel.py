@@ -6,6 +6,8 @@ reshard (save at TP2xPP2, load at TP1); the tests check its per-rank measurement
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from _vlm_harness import make_checkpoint, parallel_suite
@@ -20,7 +22,10 @@ def layout_results(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_parallel")
     ckpts = [str(make_checkpoint(root, fam, tied)) for fam, tied, _ in CASES]
     sides = [s for *_, s in CASES]
-    return run_distributed(parallel_suite, 4, ckpts, LAYOUTS, sides, str(root / "dist_ckpt"), timeout=400)
+    results = run_distributed(parallel_suite, 4, ckpts, LAYOUTS, sides, str(root / "dist_ckpt"), timeout=400)
+    for r in results:
+        r["ckpts"] = ckpts
+    return results
 
 
 @pytest.mark.slow
@@ -44,5 +49,19 @@ def test_parallel_layout_equals_hf_and_tp1(layout_results, family, layout):
 @pytest.mark.parametrize("family", [c[0] for c in CASES])
 def test_dist_checkpoint_reshards_tp2pp2_to_tp1(layout_results, family):
     for rank_results in layout_results:
-        (diff,) = [d for name, d in rank_results["reshard"].items() if name.startswith(family + "_")]
+        ((diff, _),) = [d for name, d in rank_results["reshard"].items() if name.startswith(family + "_")]
         assert diff == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [c[0] for c in CASES])
+def test_hf_export_from_tp2pp2_shards_equals_checkpoint(layout_results, family):
+    from _vlm_harness import hf_tensors
+
+    union = {}
+    for rank_results in layout_results:
+        ((_, exported),) = [d for n, d in rank_results["reshard"].items() if n.startswith(family + "_")]
+        union.update(exported)
+    (ckpt,) = [c for c in layout_results[0]["ckpts"] if Path(c).name.startswith(family + "_")]
+    assert sorted(union) == sorted(hf_tensors(ckpt))  # every HF tensor, from some stage
+    assert max(union.values()) == 0.0
