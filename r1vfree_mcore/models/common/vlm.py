@@ -155,15 +155,15 @@ class QwenVLModel(MegatronModule):
         return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input)
 
     def _scatter_images(self, emb, input_ids, pixel_values, image_grid_thw):
+        """Put the image features, in order, at the ``<|image_pad|>`` positions (batch-major, as HF)."""
         feats = self.vision(pixel_values, image_grid_thw).to(emb.dtype)
-        where = (input_ids == self.image_token_id).transpose(0, 1)  # [s, b] like emb
+        where = input_ids == self.image_token_id  # [b, s]
         if int(where.sum()) != feats.shape[0]:
             raise ValueError(
                 f"{int(where.sum())} <|image_pad|> tokens in input_ids but {feats.shape[0]} image features "
                 "from pixel_values/image_grid_thw"
             )
-        # emb is [s, b, h] but HF scatters in [b, s] order: do it batch-major.
-        out = emb.transpose(0, 1).masked_scatter(where.transpose(0, 1)[..., None], feats)
+        out = emb.transpose(0, 1).masked_scatter(where[..., None], feats)  # emb is [s, b, h]
         return out.transpose(0, 1).contiguous()
 
 
