@@ -136,7 +136,7 @@ def _chunk_forward(x, targets, shard: VocabShard, compute_entropy: bool):
 
 def _chunk_backward(x, row_max, log_z, entropy, g_logp, g_ent, targets, shard, temperature):
     """d(loss)/d(logits) of one recomputed fp32 chunk ``x`` (overwritten in place)."""
-    _shift(x, row_max).sub_(log_z.unsqueeze(1))  # x = log p
+    _shift(x, row_max + log_z)  # x = log p (one pass)
     if g_ent is None:
         x.exp_().mul_(-g_logp.unsqueeze(1))
     else:
@@ -268,26 +268,30 @@ def vocab_parallel_logprobs(
 class _FusedLinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk_size, shard, compute_entropy,
-                allreduce_hidden_grad):
+                allreduce_hidden_grad, fp32_weight_grad):
         w = weight[: shard.n_valid]
         out, live = _forward_rows(
             lambda sl: hidden[sl] @ w.t(), targets, hidden.shape[0], chunk_size, shard,
             temperature, compute_entropy,
         )
         ctx.save_for_backward(hidden, weight, targets, out["max"], out["logz"], out["ent"], live)
-        ctx.cfg = (temperature, chunk_size, shard, compute_entropy, allreduce_hidden_grad)
+        ctx.cfg = (temperature, chunk_size, shard, compute_entropy, allreduce_hidden_grad,
+                   fp32_weight_grad)
         return out["logp"], (out["ent"] if compute_entropy else out["ent"].new_zeros(()))
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
         hidden, weight, targets, row_max, log_z, entropy, live = ctx.saved_tensors
-        temperature, chunk_size, shard, compute_entropy, allreduce_hidden_grad = ctx.cfg
+        temperature, chunk_size, shard, compute_entropy, allreduce_hidden_grad, fp32_wgrad = \
+            ctx.cfg
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         nv = shard.n_valid
         w = weight[:nv]
         grad_h = torch.zeros_like(hidden) if need_h else None
-        # Weight grads accumulate over chunks in fp32 so bf16 rounding does not pile up.
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+        # fp32 accumulation costs a [V_local, H] fp32 buffer plus one add per chunk; the default
+        # accumulates in the weight's dtype with addmm_ (fp32 math inside, one rounding per chunk).
+        acc_dtype = torch.float32 if fp32_wgrad else weight.dtype
+        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) \
             if need_w else None
         grads = (g_logp, g_ent if compute_entropy else None)
         for sl in _chunks(hidden.shape[0], chunk_size):
@@ -301,7 +305,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             if need_h:
                 grad_h[sl] = g @ w
             if need_w:
-                if g.dtype == torch.float32 and h.dtype == torch.float32:
+                if g.dtype == acc_dtype:
                     grad_w[:nv].addmm_(g.t(), h)
                 else:
                     grad_w[:nv].add_(g.t() @ h.to(g.dtype))
@@ -310,7 +314,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             _all_reduce(grad_h, shard, dist.ReduceOp.SUM)
         if need_w:
             grad_w = grad_w.to(weight.dtype)
-        return grad_h, grad_w, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None
 
 
 def fused_linear_logprobs(
@@ -326,6 +330,7 @@ def fused_linear_logprobs(
     group: dist.ProcessGroup | None = None,
     compute_entropy: bool = False,
     allreduce_hidden_grad: bool = True,
+    fp32_weight_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropy) of ``targets`` under ``softmax(hidden @ weight.T / temperature)``
     without ever materialising the logits: they are computed, reduced and dropped per chunk.
@@ -338,11 +343,14 @@ def fused_linear_logprobs(
         allreduce_hidden_grad: sum d/d hidden over the TP group in the backward (what Megatron's
             ``copy_to_tensor_model_parallel_region`` does). Set False if the caller already
             routes ``hidden`` through such a region.
+        fp32_weight_grad: accumulate the weight grad over chunks in an fp32 buffer (one
+            rounding at the end) instead of in the weight's dtype (one rounding per chunk, no
+            extra [V_local, H] fp32 buffer). No effect for fp32 weights.
         Other arguments: as in :func:`vocab_parallel_logprobs`.
 
     Returns:
         ``(logprobs, entropy or None)``, fp32 ``[B, T]``. Gradients flow to ``hidden`` and
-        ``weight`` (weight grads are accumulated in fp32 over chunks and cast back).
+        ``weight``.
     """
     if hidden.dim() != 3 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(
@@ -360,7 +368,7 @@ def fused_linear_logprobs(
     tgt = targets.t() if sequence_first else targets
     logp, ent = _FusedLinearLogprobs.apply(
         hidden.reshape(-1, hidden.shape[-1]), weight, tgt.reshape(-1), float(temperature),
-        int(chunk_size), shard, compute_entropy, allreduce_hidden_grad,
+        int(chunk_size), shard, compute_entropy, allreduce_hidden_grad, fp32_weight_grad,
     )
 
     def back(t):

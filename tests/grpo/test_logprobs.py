@@ -120,12 +120,14 @@ def test_fused_linear_matches_dense(sequence_first):
     assert torch.all(gs[1][REAL_V:] == 0)
 
 
-def test_fused_linear_bf16_close_to_naive_bf16():
+@pytest.mark.parametrize("fp32_weight_grad", [False, True])
+def test_fused_linear_bf16_close_to_dense(fp32_weight_grad):
     g = torch.Generator().manual_seed(9)
     hidden = torch.randn(2, 9, 32, generator=g).bfloat16().requires_grad_()
     weight = (torch.randn(40, 32, generator=g) * 0.2).bfloat16().requires_grad_()
     targets = torch.randint(0, 40, (2, 9), generator=g)
-    lp, _ = fused_linear_logprobs(hidden, weight, targets, chunk_size=5)
+    lp, _ = fused_linear_logprobs(hidden, weight, targets, chunk_size=5,
+                                  fp32_weight_grad=fp32_weight_grad)
     lp.sum().backward()
     h2, w2 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
     rlp, _ = dense_logprobs(h2 @ w2.t(), targets, 1.0, 40)
