@@ -211,6 +211,16 @@ class SlurmCluster:
         self._stop_slurm_daemons()
         _kill_pidfile(self.dir / "munge" / "munged.pid")
         self._remove_hosts_entry()
+        self._remove_cgroups()
+
+    def _remove_cgroups(self) -> None:
+        """Remove the (now empty) per-node cgroup trees proctrack/cgroup left behind."""
+        for node in self.nodes:
+            for top in Path("/sys/fs/cgroup").glob(f"*/slurm_{node}"):
+                for sub in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                    if sub.is_dir():
+                        _rmdir_quietly(sub)
+                _rmdir_quietly(top)
 
     def _stop_slurm_daemons(self) -> None:
         for node in self.nodes:
@@ -244,6 +254,13 @@ def _wait(pred, timeout: float, what: str, interval: float = 0.3) -> None:
             return
         time.sleep(interval)
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _rmdir_quietly(path: Path) -> None:
+    try:
+        path.rmdir()  # cgroup directories vanish with rmdir; one still in use stays
+    except OSError:
+        pass
 
 
 def _read_pid(pidfile: Path) -> int | None:
