@@ -1,0 +1,149 @@
+"""Read megatron dist checkpoints piecewise, and the HF config that goes with a checkpoint.
+
+:func:`load_full` loads a chosen set of *global* (TP=1/PP=1) tensors from a torch_dist
+checkpoint saved at any TP/PP: the template holds one unsharded ShardedTensor per tensor (a
+stacked decoder tensor asks for one layer slice), and dist_checkpointing reassembles it from
+whatever shards were written. Only the requested bytes are read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from r1vfree_mcore.conversion.errors import ConversionError, name_list
+from r1vfree_mcore.conversion.layout import ckpt_location
+from r1vfree_mcore.models.common.hf_config import family_of
+
+
+def load_hf_config(d: str | Path):
+    """The HF config of directory ``d``; ConversionError for an unsupported architecture."""
+    from transformers import AutoConfig
+
+    path = Path(d) / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{d}: no config.json")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"{path}: invalid JSON ({exc})") from None
+    try:
+        family_of(SimpleNamespace(architectures=raw.get("architectures"), model_type=raw.get("model_type")))
+    except ValueError as exc:
+        raise ConversionError(f"{path}: {exc}") from None
+    return AutoConfig.from_pretrained(str(d))
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    global_shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def tensors_metadata(dist_dir: Path) -> dict[str, TensorMeta]:
+    """Checkpoint key -> global shape and dtype of every tensor in a torch_dist checkpoint."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    info = dist_dir / "metadata.json"
+    if not info.is_file():
+        raise ConversionError(f"{dist_dir} is not a megatron dist checkpoint (no metadata.json)")
+    backend = json.loads(info.read_text()).get("sharded_backend")
+    if backend != "torch_dist":
+        raise ConversionError(f"{info}: sharded_backend {backend!r}; only torch_dist checkpoints are supported")
+    try:
+        meta = FileSystemReader(str(dist_dir)).read_metadata()
+    except Exception as exc:  # corrupt or unfinished checkpoint: say which
+        raise ConversionError(f"cannot read checkpoint metadata in {dist_dir}: {type(exc).__name__}: {exc}") from None
+    return {k: TensorMeta(tuple(v.size), v.properties.dtype) for k, v in meta.state_dict_metadata.items()
+            if isinstance(v, TensorStorageMetadata)}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one global tensor lives in a dist checkpoint."""
+
+    key: str
+    index: int | None  # layer index into a stacked tensor
+    layers: int  # stack depth (1 when not stacked)
+    shape: tuple[int, ...]  # global TP=1 shape of the tensor itself
+    dtype: torch.dtype
+
+
+def slots(names, metadata: dict) -> dict[str, Slot]:
+    """Slot of each global name; ConversionError listing tensors the checkpoint lacks."""
+    out, missing = {}, []
+    for name in names:
+        key, idx = ckpt_location(name)
+        if key not in metadata:
+            missing.append(name)
+            continue
+        shape, dtype = tuple(metadata[key].global_shape), metadata[key].dtype
+        layers = 1
+        if idx is not None:
+            layers, shape = shape[0], shape[1:]
+            if idx >= layers:
+                raise ConversionError(f"checkpoint tensor {key} stacks {layers} layers; the config needs layer {idx}")
+        out[name] = Slot(key, idx, layers, shape, dtype)
+    if missing:
+        raise ConversionError(f"checkpoint lacks {len(missing)} tensors the config needs: {name_list(missing)}")
+    return out
+
+
+def _slab_planner(slabs: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]):
+    """A DCP load planner that reads one box ``(offsets, sizes)`` of each requested key.
+
+    megatron's own loader cannot ask a one-process world for part of a stacked tensor (it maps
+    the other fragments to "another rank", which is this rank again), so read with torch DCP.
+    """
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+    from torch.distributed.checkpoint.planner import LoadPlan
+    from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
+
+    class SlabPlanner(DefaultLoadPlanner):
+        def create_local_plan(self) -> LoadPlan:
+            items = []
+            for key, (offsets, sizes) in slabs.items():
+                box = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
+                items += create_read_items_for_chunk_list(key, self.metadata.state_dict_metadata[key], [box])
+            return LoadPlan(items)
+
+        def lookup_tensor(self, index):  # the destination is the box itself, whatever its offset
+            return self.state_dict[index.fqn]
+
+    return SlabPlanner(flatten_state_dict=False)
+
+
+def load_full(dist_dir: Path, wanted: dict[str, Slot]) -> dict[str, torch.Tensor]:
+    """Global tensors ``name -> tensor`` for the given slots; reads only their bytes.
+
+    One unit asks for each checkpoint key at most once (a unit is one layer, one block or one
+    tensor), so the read is keyed by checkpoint key.
+    """
+    from torch.distributed.checkpoint import FileSystemReader, load
+
+    state, slabs, names = {}, {}, {}
+    for name, s in wanted.items():
+        if s.key in state:
+            raise ValueError(f"{s.key} requested twice in one read ({names[s.key]}, {name})")
+        lead = () if s.index is None else (1,)
+        state[s.key] = torch.empty(lead + s.shape, dtype=s.dtype)
+        offsets = (0,) * len(s.shape) if s.index is None else (s.index,) + (0,) * len(s.shape)
+        slabs[s.key], names[s.key] = (offsets, lead + s.shape), name
+    load(state, storage_reader=FileSystemReader(str(dist_dir)), planner=_slab_planner(slabs), no_dist=True)
+    return {names[k]: (t[0] if wanted[names[k]].index is not None else t) for k, t in state.items()}
+
+
+def load_into_model(model, dist_dir: Path) -> None:
+    """Fill a built stage (any TP/PP) from a dist checkpoint, as the trainer's resume does."""
+    from megatron.core import dist_checkpointing
+
+    from r1vfree_mcore.conversion.stage import stage_sharded_state_dict
+
+    loaded = dist_checkpointing.load({"model": stage_sharded_state_dict(model)}, str(dist_dir))
+    model.load_state_dict(loaded["model"], strict=True)

@@ -1,0 +1,58 @@
+"""Tiny HF checkpoints shared by the conversion tests (2 decoder layers, 2 vision blocks).
+
+4 query / 4 KV heads and 4 vision heads so TP=4 is a valid layout; vocab 300 so Megatron pads
+it differently at TP=1 (384 rows) and TP=2/4 (512 rows).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SPEC = dict(num_layers=2, num_kv_heads=4, vision_depth=2, vision_heads=4, fullatt_block_indexes=[1], vocab_size=300)
+
+
+def write_tiny(root: Path, family: str, tied: bool, **overrides) -> Path:
+    from r1vfree_mcore.testing.tiny import write_tiny_checkpoint
+
+    name = f"{family}_{'tied' if tied else 'untied'}"
+    return write_tiny_checkpoint(Path(root) / name, family=family, tied=tied, **{**SPEC, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("conversion_tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_root):
+    """``tiny(family, tied)`` -> path of a cached tiny HF checkpoint."""
+    cache: dict = {}
+
+    def get(family: str, tied: bool) -> Path:
+        if (family, tied) not in cache:
+            cache[(family, tied)] = write_tiny(tiny_root, family, tied)
+        return cache[(family, tied)]
+
+    return get
+
+
+def hf_tensors(d: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def assert_bit_exact(src: Path, dst: Path) -> None:
+    a, b = hf_tensors(src), hf_tensors(dst)
+    assert set(a) == set(b), (sorted(set(a) - set(b)), sorted(set(b) - set(a)))
+    bad = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
+    assert not bad, f"{len(bad)} tensors differ: {bad[:5]}"
