@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from r1vfree_mcore.train.config import load_config
+from r1vfree_mcore.train.memory import estimate
 
 CONFIGS = Path(__file__).resolve().parents[2] / "launch" / "configs"
 ALL_YAMLS = sorted(CONFIGS.glob("*.yaml"))
@@ -71,7 +72,12 @@ def test_recipe_layout_fits_its_target_hardware(path):
     assert t["kv_heads"] % cfg.parallel.tp == 0
     text = path.read_text()
     assert re.search(r"^# Hardware: .*GPU", text, re.M), "header names the hardware"
-    assert re.search(r"^# Expected memory per GPU: policy ~\d+ GB", text, re.M)
+    # The header's policy memory is the trainer's own estimate for this layout (within 10%).
+    quoted = re.search(r"^# Expected memory per GPU: policy ~(\d+) GiB", text, re.M)
+    assert quoted, "header states the expected policy memory"
+    peak = max(row["total"] for row in estimate(cfg, world))
+    assert abs(int(quoted.group(1)) - peak) <= 0.1 * peak, f"dry-run estimate is {peak:.1f} GiB"
+    assert peak <= 0.9 * 80, "fits an 80 GB GPU with a 10% margin"
     assert f"--config launch/configs/{path.name}" in text, "launch command names this file"
     # GPU recipes run bf16 through TransformerEngine.
     assert (cfg.model.dtype, cfg.model.spec) == ("bf16", "transformer_engine")
