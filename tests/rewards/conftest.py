@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reward_helpers import JudgeStub
+from r1vfree_mcore.rewards.judge_stub import JudgeStub
 
 
 @pytest.fixture(scope="session")

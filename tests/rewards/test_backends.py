@@ -1,10 +1,12 @@
 """Model backends: vlm_scalar (tiny Qwen2-VL), ixc_reward (against a get_score double), http_judge (stub)."""
 
 import base64
+import io
 import threading
 
 import pytest
 import torch
+from PIL import Image
 
 from r1vfree_mcore.rewards.config import RewardConfig
 from r1vfree_mcore.rewards.http_judge import HTTPJudgeBackend, JudgeError
@@ -13,7 +15,12 @@ from r1vfree_mcore.rewards.request import RewardRequest
 from r1vfree_mcore.rewards.scoring import RewardEngine
 from r1vfree_mcore.rewards.vlm_scalar import VLMScalarBackend, init_preference_head
 
-from reward_helpers import png_bytes
+
+def png_bytes(color=(200, 10, 10), size=(56, 84)) -> bytes:
+    """A solid-colour PNG."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _requests():

@@ -4,6 +4,7 @@ Each process gets RANK/WORLD_SIZE/MASTER_* like torchrun; policy ranks build the
 with init_policy_world and prove it with an all_reduce; reward ranks run serve_rewards.
 """
 
+import io
 import json
 import os
 import signal
@@ -12,13 +13,21 @@ import sys
 import time
 
 import pytest
+from PIL import Image
 
 from r1vfree_mcore.rewards.config import RewardConfig
+from r1vfree_mcore.rewards.judge_stub import JudgeStub
 from r1vfree_mcore.rewards.request import RewardRequest
 from r1vfree_mcore.rewards.scoring import RewardEngine
 from r1vfree_mcore.testing.distributed import run_distributed
 
-from reward_helpers import JudgeStub, png_bytes
+
+def png_bytes(color=(200, 10, 10), size=(56, 84)) -> bytes:
+    """A solid-colour PNG."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
 
 pytestmark = pytest.mark.slow
 

@@ -1,20 +1,16 @@
-"""Helpers for reward tests: PNG bytes and a stub OpenAI-style judge server."""
+"""A local OpenAI-compatible ``/v1/chat/completions`` judge stub (tests, offline demos).
+
+Replies ``Score: len(answer) % 11`` where ``answer`` is the ``Answer: ...`` line of the
+default ``http_judge`` prompt, so scores are predictable; it can fail chosen calls with HTTP 500.
+Standard library only; serves on 127.0.0.1 in a daemon thread until ``stop()``.
+"""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-
-def png_bytes(color=(200, 10, 10), size=(56, 84)) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 class JudgeStub:
