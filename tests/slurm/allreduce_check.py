@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ def main() -> None:
         "master_addr": os.environ["MASTER_ADDR"],
         "master_port": int(os.environ["MASTER_PORT"]),
         "restart": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-        "argv": os.sys.argv[1:],
+        "argv": sys.argv[1:],
     }
     out = Path(args.run_dir) / "allreduce"
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ their state, sockets, pid files and logs in one directory; ``/etc/hosts`` gets o
 
 By hand::
 
-    python tests/slurm/slurm_cluster.py up --dir /tmp/r1v-slurm      # prints `export SLURM_CONF=...`
+    python tests/slurm/slurm_cluster.py up --dir /tmp/r1v-slurm  # prints `export SLURM_CONF=...`
     export SLURM_CONF=/tmp/r1v-slurm/etc/slurm.conf; sinfo; sbatch ...
     python tests/slurm/slurm_cluster.py down --dir /tmp/r1v-slurm
 
@@ -57,7 +57,8 @@ def ensure_installed(timeout: float = 300) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         _run(["apt-get", "update", "-qq"], timeout, env)
-        _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], timeout, env)
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]
+        _run(install, timeout, env)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         raise SlurmUnavailable(f"apt-get install of Slurm failed: {exc}") from exc
     missing = [b for b in BINARIES if not shutil.which(b)]

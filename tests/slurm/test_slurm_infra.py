@@ -33,7 +33,8 @@ def test_two_node_torchrun_allreduce_and_export_chain(slurm, tmp_path):
     train, export = ids["TRAIN_JOB_ID"], ids["EXPORT_JOB_ID"]
     assert f"afterok:{train}" in slurm.info(export)["Dependency"]
     info = slurm.wait(train, timeout=120)
-    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), job_log(run_dir, train).read_text()
+    log = job_log(run_dir, train).read_text()
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
 
     seen = [json.loads(p.read_text()) for p in sorted((run_dir / "allreduce").glob("rank*.json"))]
     assert sorted(s["rank"] for s in seen) == [0, 1, 2, 3]
@@ -47,7 +48,6 @@ def test_two_node_torchrun_allreduce_and_export_chain(slurm, tmp_path):
     assert seen[0]["argv"][:6] == ["--config", str(tmp_path / "dummy.yaml"), "--run-dir",
                                    str(run_dir), "--resume", "auto"]
     assert seen[0]["argv"][6:] == ["--max-steps", "3"]
-    log = job_log(run_dir, train).read_text()
     assert f"r1vfree-slurm: job={train} restart=0 nodes=2" in log
 
     # The export job starts after training and fails readably: there is no checkpoint here.

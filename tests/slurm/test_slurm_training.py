@@ -1,9 +1,10 @@
 """r1vfree-train under the real slurm/ scripts on a two-node Slurm: training, preemption, errors.
 
 Uses launch/configs/tiny_cpu.yaml (CPU, gloo; its assets written to a temporary directory) with
-one process per node and the second node as the reward node (--reward-nodes 1 -> reward.num_ranks=1): rank 0 = policy on n1, rank 1 = reward
-on n2. R1VFREE_SLURM_TEST_TRAINER=PATH runs a stand-in script instead of the trainer module and
-R1VFREE_SLURM_TEST_CONFIG=PATH another recipe (for developing the scripts without the trainer).
+one process per node and the second node as the reward node (--reward-nodes 1 ->
+reward.num_ranks=1): rank 0 = policy on n1, rank 1 = reward on n2.
+For developing the scripts without the trainer: R1VFREE_SLURM_TEST_TRAINER=PATH runs a stand-in
+script instead of the trainer module, R1VFREE_SLURM_TEST_CONFIG=PATH another recipe.
 """
 
 from __future__ import annotations
