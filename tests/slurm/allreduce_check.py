@@ -1,7 +1,8 @@
 """torchrun worker for the Slurm infra test: one gloo all_reduce across every node of the job.
 
 Started by launch/launch.py --script (same arguments as the trainer; only --run-dir is used).
-Each rank writes RUN_DIR/allreduce/rank<r>.json with what it saw.
+Each rank writes RUN_DIR/allreduce/rank<r>.json with what it saw, then sleeps ALLREDUCE_SLEEP
+seconds (default 0), standing in for a trainer that ignores RUN_DIR/PREEMPT.
 """
 
 import argparse
@@ -9,6 +10,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +41,7 @@ def main() -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
     print(f"allreduce: rank={rank} world={world} node={seen['node']} sum={seen['sum']} "
           f"host={socket.gethostname()}", flush=True)
+    time.sleep(float(os.environ.get("ALLREDUCE_SLEEP", 0)))
     dist.destroy_process_group()
 
 

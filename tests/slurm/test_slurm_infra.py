@@ -72,3 +72,20 @@ def test_missing_config_fails_fast_with_readable_error(slurm, tmp_path):
     log = (run_dir / f"job-{job}.out").read_text()
     assert f"r1vfree: config error: config file not found: {missing}" in log
     assert "r1vfree-launch" not in log  # nothing was launched
+
+
+def test_usr1_without_trainer_checkpoint_is_not_requeued(slurm, tmp_path):
+    """USR1 reaches the batch shell (trap touches PREEMPT); a run that ends without consuming
+    PREEMPT (no checkpoint taken) must not be requeued, and the stale file is removed."""
+    run_dir = tmp_path / "run"
+    job = slurm.submit("--config", str(_dummy_config(tmp_path)), "--run-dir", str(run_dir),
+                       LAUNCH_SCRIPT=ALLREDUCE, ALLREDUCE_SLEEP="6")["TRAIN_JOB_ID"]
+    slurm.wait_for_text(run_dir / "logs" / f"r1vfree-1node-{job}.out", r"allreduce: rank=0",
+                        timeout=90)
+    slurm.run("scancel", "--signal=USR1", "--batch", str(job))
+    info = slurm.wait(job, timeout=60)
+    log = job_log(run_dir, job).read_text()
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "0"), log
+    assert "caught USR1" in log
+    assert "not requeued: the trainer finished" in log
+    assert not (run_dir / "PREEMPT").exists()
