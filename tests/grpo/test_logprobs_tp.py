@@ -82,3 +82,30 @@ def test_tp2_matches_dense_reference():
                 torch.testing.assert_close(g[1].double(), gw[cols], atol=5e-5, rtol=1e-4)
             torch.testing.assert_close(lp.double(), rlp, atol=5e-5, rtol=1e-5)
             torch.testing.assert_close(ent.double(), rent, atol=5e-5, rtol=1e-5)
+
+
+def _megatron_default_worker(rank, world):
+    from r1vfree_mcore.parallel.state import ParallelConfig, destroy_parallel, initialize_parallel
+
+    initialize_parallel(ParallelConfig(tp=world))
+    try:
+        v_pad, real_v = VOCABS[0]
+        local = v_pad // world
+        logits64, targets = make_logits(B, T, v_pad, real_v, seed=300)
+        shard = logits64[..., rank * local:(rank + 1) * local].float()
+        # no group / vocab_start: both come from megatron's parallel_state
+        lp, ent = vocab_parallel_logprobs(shard, targets, real_vocab_size=real_v,
+                                          compute_entropy=True)
+        return lp, ent
+    finally:
+        destroy_parallel()
+
+
+@pytest.mark.slow
+def test_defaults_come_from_megatron_tp_group():
+    v_pad, real_v = VOCABS[0]
+    logits64, targets = make_logits(B, T, v_pad, real_v, seed=300)
+    rlp, rent = dense_logprobs(logits64, targets, 1.0, real_v)
+    for lp, ent in run_distributed(_megatron_default_worker, 2):
+        torch.testing.assert_close(lp.double(), rlp, atol=5e-5, rtol=1e-5)
+        torch.testing.assert_close(ent.double(), rent, atol=5e-5, rtol=1e-5)
