@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from r1vfree_mcore.models.common.masks import block_diagonal_mask
+from r1vfree_mcore.models.common.packing import packed_causal_mask
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
@@ -37,3 +38,9 @@ class LocalBackend:
         return mask.to(attention_mask.device if attention_mask is not None else "cpu")
 
     vision_mask = staticmethod(block_diagonal_mask)
+
+    @staticmethod
+    def packed_decoder_inputs(packed_seq_params):
+        """(mask, None) for a packed row: DotProductAttention takes no THD, so the segments of
+        ``cu_seqlens_q`` become a block-diagonal causal ``[1, 1, T, T]`` mask (same result)."""
+        return packed_causal_mask(packed_seq_params.cu_seqlens_q), None

@@ -67,6 +67,11 @@ class TEBackend:
 
     vision_mask = staticmethod(block_diagonal_mask)
 
+    @staticmethod
+    def packed_decoder_inputs(packed_seq_params):
+        """(None, params): TE runs THD attention over ``cu_seqlens`` (flash / fused backends)."""
+        return None, packed_seq_params
+
 
 def fp8_context(recipe: str | None):
     """FP8 autocast for ``recipe`` in {'delayed', 'current', None}; nullcontext without TE or recipe."""

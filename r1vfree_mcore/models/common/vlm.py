@@ -136,14 +136,18 @@ class QwenVLModel(MegatronModule):
         """Hidden states received from the previous stage (megatron schedules call this)."""
         self.language_model.set_input_tensor(input_tensor)
 
-    def forward(self, input_ids, position_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None):
+    def forward(self, input_ids, position_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                packed_seq_params=None):
         """Logits ``[b, s, padded_vocab/tp]`` (last stage) or hidden states ``[s, b, h]`` (others).
 
         ``attention_mask`` is HF's ``[b, s]`` 1/0 padding mask; ``position_ids`` ``[3, b, s]`` are
         computed with :func:`get_rope_index` when None (every stage needs ``input_ids``,
         ``image_grid_thw`` and ``attention_mask`` for that; ``pixel_values`` only the first).
+        ``packed_seq_params``: a packed row instead of a padded batch (see ``_forward_packed``).
         """
         b, s = input_ids.shape
+        if packed_seq_params is not None:  # THD packing: see models/common/packing.py
+            return self._forward_packed(input_ids, position_ids, pixel_values, image_grid_thw, packed_seq_params)
         if position_ids is None:
             position_ids = get_rope_index(input_ids, image_grid_thw, attention_mask, self.hf_config)
         mask = self.backend.decoder_mask(attention_mask, s, b)
@@ -153,6 +157,23 @@ class QwenVLModel(MegatronModule):
             if pixel_values is not None:
                 decoder_input = self._scatter_images(decoder_input, input_ids, pixel_values, image_grid_thw)
         return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input)
+
+    def _forward_packed(self, input_ids, position_ids, pixel_values, image_grid_thw, packed_seq_params):
+        """Forward of one packed row ``[1, T]`` (:func:`~r1vfree_mcore.models.common.packing.pack_sequences`).
+
+        ``position_ids`` ``[3, 1, T]`` are required (computed per sub-sequence before packing);
+        the backend turns ``packed_seq_params`` into THD attention (TE) or a block-diagonal
+        causal mask (local spec).
+        """
+        if position_ids is None or input_ids.shape[0] != 1:
+            raise ValueError("packed_seq_params needs input_ids [1, T] and per-sequence position_ids [3, 1, T]")
+        mask, psp = self.backend.packed_decoder_inputs(packed_seq_params)
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self.language_model.embedding(input_ids=input_ids, position_ids=None)
+            if pixel_values is not None:
+                decoder_input = self._scatter_images(decoder_input, input_ids, pixel_values, image_grid_thw)
+        return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input, packed_seq_params=psp)
 
     def _scatter_images(self, emb, input_ids, pixel_values, image_grid_thw):
         """Put the image features, in order, at the ``<|image_pad|>`` positions (batch-major, as HF)."""
