@@ -1,0 +1,347 @@
+"""One GPU check of the Megatron policy path: correctness, speed (tokens/s, MFU), memory.
+
+On one H100/H200 (``bash bench/gpu_check.sh``, < 8 min) with a random ~0.7B Qwen2.5-VL-shaped
+model (text: hidden 896, 24 layers, 14 heads / 2 KV heads, ffn 4864, vocab 151,936, tied;
+vision: depth 8, hidden 1280):
+
+1. correctness: Megatron vs HF logits in bf16 (relative Frobenius error over real tokens) for
+   the local and (if importable) TransformerEngine spec; packed (THD) vs padded logits; FP8 vs
+   bf16 GRPO loss (TE only).
+2. speed: GRPO training step (forward + backward of :func:`r1vfree_mcore.grpo.loss.grpo_loss` on
+   :func:`vocab_parallel_logprobs`, TP=1) in tokens/s and MFU, bf16 and FP8 (TE only); rollout
+   tokens/s of :class:`r1vfree_mcore.rollout.generator.MegatronGenerator`.
+3. memory: peak allocated per phase (``torch.cuda.max_memory_allocated``, reset per phase).
+
+MFU = model FLOPs / time / peak dense bf16 FLOP/s of the card (H100/H200 SXM: 989 TFLOP/s).
+Model FLOPs per step = 6 x N x tokens (N: matmul parameters the tokens pass through: decoder
+layers + output layer for text tokens, vision blocks + merger for patches) + causal attention
+6 x layers x B x S^2 x (heads x head_dim) (fwd + bwd, half the S^2 for causality) + vision
+attention 12 x depth x sum(segment^2) x hidden. The table ends with one JSON line.
+
+``--cpu-smoke`` runs the same code paths on the CPU with a tiny model in well under a minute (no
+TE, no timing claims; MFU null) so the script cannot rot (tests/gpu/test_gpu_check_smoke.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
+
+
+@dataclass(frozen=True)
+class Sizes:
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    mrope: tuple[int, int, int]
+    v_depth: int
+    v_hidden: int
+    v_heads: int
+    v_ffn: int
+    image_px: int  # square images, multiple of 28
+    batch: int  # sequences per training step
+    seq: int  # tokens per training sequence
+    prompt_text: int  # text tokens of a prompt besides the image
+    new_tokens: int  # rollout tokens per sequence
+    steps: int  # timed training steps
+
+
+SIZES = {
+    "gpu": Sizes(151936, 896, 24, 14, 2, 4864, (8, 12, 12), 8, 1280, 16, 3420, 224, 8, 1024, 64, 32, 5),
+    "smoke": Sizes(512, 128, 2, 4, 2, 256, (4, 6, 6), 2, 64, 2, 128, 56, 2, 64, 8, 3, 1),
+}
+
+
+def hf_config(z: Sizes):
+    """A Qwen2.5-VL config of these sizes; special ids sit at the top of the vocab."""
+    from transformers import Qwen2_5_VLConfig
+
+    v = z.vocab
+    text = dict(vocab_size=v, hidden_size=z.hidden, intermediate_size=z.ffn, num_hidden_layers=z.layers,
+                num_attention_heads=z.heads, num_key_value_heads=z.kv_heads, max_position_embeddings=32768,
+                rms_norm_eps=1e-6, tie_word_embeddings=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(z.mrope)},
+                bos_token_id=v - 6, eos_token_id=v - 5, pad_token_id=v - 6)
+    vision = dict(depth=z.v_depth, hidden_size=z.v_hidden, intermediate_size=z.v_ffn, num_heads=z.v_heads,
+                  out_hidden_size=z.hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                  window_size=112, fullatt_block_indexes=sorted({z.v_depth - 1, *range(3, z.v_depth, 4)}),
+                  tokens_per_second=2)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=v - 1, video_token_id=v - 2,
+                            vision_start_token_id=v - 3, vision_end_token_id=v - 4, tie_word_embeddings=True)
+
+
+def make_batch(cfg, z: Sizes, lengths: list[int], device, seed: int = 0, padding_side: str = "left") -> dict:
+    """Sequences ``text, <vision_start>, image pads, <vision_end>, text`` of ``lengths``, padded."""
+    g = torch.Generator().manual_seed(seed)
+    grid = z.image_px // 14
+    n_img = grid * grid // 4
+    rows, s = [], max(lengths)
+    for n in lengths:
+        pre = torch.randint(0, cfg.text_config.vocab_size - 16, (4,), generator=g)
+        post = torch.randint(0, cfg.text_config.vocab_size - 16, (n - 6 - n_img,), generator=g)
+        ids = torch.cat([pre, torch.tensor([cfg.vision_start_token_id] + [cfg.image_token_id] * n_img
+                                           + [cfg.vision_end_token_id]), post])
+        rows.append(ids)
+    pad = cfg.text_config.pad_token_id
+    input_ids = torch.full((len(rows), s), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), s, dtype=torch.long)
+    for i, ids in enumerate(rows):
+        sl = slice(s - len(ids), s) if padding_side == "left" else slice(0, len(ids))
+        input_ids[i, sl], mask[i, sl] = ids, 1
+    thw = torch.tensor([[1, grid, grid]] * len(rows))
+    pv = torch.randn(int(thw.prod(-1).sum()), 3 * 2 * 14 * 14, generator=g)
+    return dict(input_ids=input_ids.to(device), attention_mask=mask.to(device), pixel_values=pv.to(device),
+                image_grid_thw=thw.to(device))
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_peak():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib():
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def build(cfg, hf_state, spec: str, dtype, overrides=None):
+    """A TP=1 Megatron policy with the HF weights (megatron state must be initialised)."""
+    from r1vfree_mcore.models import build_model, load_hf_state_dict
+    from r1vfree_mcore.parallel.state import ParallelConfig
+
+    model = build_model(cfg, ParallelConfig(), spec, params_dtype=dtype, decoder_overrides=overrides)
+    load_hf_state_dict(model, lambda name: hf_state[name], cfg)
+    return model
+
+
+def grpo_loss_of(model, batch, prompt_len: int, vocab: int, plan):
+    """(GRPO loss, mean completion log-prob) of the tokens after ``prompt_len``.
+
+    beta 0 and old = current log-probs (the first update of a step): the loss value is then
+    -mean(A) whatever the model, so precisions are compared on the mean log-prob instead.
+    """
+    from r1vfree_mcore.grpo.logprobs import vocab_parallel_logprobs
+    from r1vfree_mcore.grpo.loss import grpo_loss
+
+    with plan.forward_context():
+        logits = model(**batch)
+    ids = batch["input_ids"]
+    lg = logits[:, prompt_len - 1 : -1]
+    lp, _ = vocab_parallel_logprobs(lg, ids[:, prompt_len:], real_vocab_size=vocab)
+    adv = torch.linspace(-1, 1, ids.shape[0], device=lp.device)
+    mask = torch.ones_like(lp)
+    loss, _ = grpo_loss(lp, lp.detach(), None, adv, mask, beta=0.0)
+    return loss, lp.mean()
+
+
+def model_flops(cfg, z: Sizes, tokens_per_seq: int, batch: int) -> float:
+    """Model FLOPs of one forward+backward step (see module doc)."""
+    tc, vc = cfg.text_config, cfg.vision_config
+    hd = tc.hidden_size // tc.num_attention_heads
+    kv = tc.num_key_value_heads * hd
+    per_layer = tc.hidden_size * (tc.hidden_size + 2 * kv) + tc.hidden_size**2 + 3 * tc.hidden_size * tc.intermediate_size
+    n_text = tc.num_hidden_layers * per_layer + tc.vocab_size * tc.hidden_size
+    v_layer = 4 * vc.hidden_size**2 + 3 * vc.hidden_size * vc.intermediate_size
+    merged = vc.hidden_size * 4
+    n_vis = vc.depth * v_layer + (merged * merged + merged * tc.hidden_size) / 4  # merger runs per merged token
+    patches = batch * (z.image_px // 14) ** 2
+    tokens = batch * tokens_per_seq
+    attn = 6 * tc.num_hidden_layers * batch * tokens_per_seq**2 * tc.num_attention_heads * hd
+    v_attn = 12 * vc.depth * batch * (z.image_px // 14) ** 4 * vc.hidden_size  # full attention bound
+    return 6 * n_text * tokens + 6 * n_vis * patches + attn + v_attn
+
+
+def time_train(model, batch, prompt_len, vocab, plan, steps: int) -> float:
+    """Seconds per GRPO forward+backward step (one warm-up step first)."""
+    for i in range(steps + 1):
+        if i == 1:
+            sync()
+            t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        grpo_loss_of(model, batch, prompt_len, vocab, plan)[0].backward()
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int]:
+    """Sampled tokens/s of MegatronGenerator on ``batch`` prompts of one image each."""
+    from r1vfree_mcore.rollout.generator import MegatronGenerator, SamplingParams
+    from r1vfree_mcore.rollout.prompts import PromptBatch
+
+    n_img = (z.image_px // 14) ** 2 // 4
+    b = make_batch(cfg, z, [n_img + 6 + z.prompt_text] * z.batch, device, seed=3)
+    prompts = PromptBatch(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                          pixel_values=b["pixel_values"], image_grid_thw=b["image_grid_thw"],
+                          prompt_index=list(range(z.batch)), group=torch.zeros(z.batch, dtype=torch.long),
+                          problems=[""] * z.batch, images_png=[b""] * z.batch)
+    params = SamplingParams(max_new_tokens=z.new_tokens, eos_token_ids=(-1,), pad_token_id=cfg.text_config.pad_token_id)
+    gen = MegatronGenerator(model, cfg.text_config.vocab_size)
+    sync()
+    t0 = time.perf_counter()
+    out = gen.generate(prompts, params, seed=0)
+    sync()
+    n = int(out.completion_mask.sum())
+    return n / (time.perf_counter() - t0), n
+
+
+def init(smoke: bool):
+    from r1vfree_mcore.parallel.state import ParallelConfig, initialize_parallel
+    from r1vfree_mcore.testing.distributed import free_port
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    initialize_parallel(ParallelConfig())
+
+
+def run(smoke: bool) -> dict:
+    from transformers import AutoModelForImageTextToText
+
+    from r1vfree_mcore.models.backends.transformer_engine import te_available
+    from r1vfree_mcore.models.common.packing import pack_sequences, unpack
+    from r1vfree_mcore.train.config import ModelConfig
+    from r1vfree_mcore.train.precision import plan_precision
+
+    z = SIZES["smoke" if smoke else "gpu"]
+    device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None) if device == "cuda" else None
+    te = device == "cuda" and te_available()
+    init(smoke)
+    cfg = hf_config(z)
+    vocab = cfg.text_config.vocab_size
+    rows, res = [], {"bench": "gpu_check", "device": name, "te": te}
+
+    def row(section, what, value, mem=None):
+        rows.append((section, what, value, mem))
+
+    # 1. correctness: HF bf16 reference on a padded batch of three lengths.
+    reset_peak()
+    torch.manual_seed(0)
+    with torch.device(device):
+        hf = AutoModelForImageTextToText.from_config(cfg, dtype=torch.bfloat16).eval()
+    state = hf.state_dict()
+    n_img = (z.image_px // 14) ** 2 // 4
+    lens = [n_img + 6 + k for k in (z.seq // 4, z.seq // 2, z.seq // 3)]
+    cb = make_batch(cfg, z, lens, device, seed=1)
+    real = cb["attention_mask"].bool()
+    hf_in = {**cb, "pixel_values": cb["pixel_values"].to(torch.bfloat16)}
+    with torch.no_grad():
+        ref = hf(**hf_in).logits.float()
+    row("memory", "HF bf16 reference: build + forward", "", peak_gib())
+    specs = ["local"] + (["transformer_engine"] if te else [])
+    for spec in specs:
+        reset_peak()
+        model = build(cfg, state, spec, torch.bfloat16)
+        with torch.no_grad():
+            out = model(**cb)[..., :vocab].float()
+            err = rel_err(out[real], ref[real])
+            pk = pack_sequences(cb["input_ids"], cb["attention_mask"], cb["image_grid_thw"], cfg, pad_to_multiple=16)
+            packed = unpack(model(pixel_values=cb["pixel_values"], **pk.model_kwargs())[..., :vocab].float(), pk.index)
+        key = "te" if spec == "transformer_engine" else "local"
+        res[f"logit_rel_err_bf16_{key}"] = round(err, 5)
+        res[f"packed_vs_padded_rel_err_{key}"] = round(rel_err(packed[real], out[real]), 5)
+        row("correctness", f"{spec}: Megatron vs HF logits, bf16 (rel err)", f"{err:.2e}", peak_gib())
+        row("correctness", f"{spec}: packed THD vs padded logits (rel err)", f"{res[f'packed_vs_padded_rel_err_{key}']:.2e}")
+        del model, out, packed
+        gc.collect()
+    best = specs[-1]
+    res["logit_rel_err_bf16"] = res["logit_rel_err_bf16_te" if te else "logit_rel_err_bf16_local"]
+    del ref
+
+    # 2. speed: GRPO forward+backward at TP=1, bf16 (best spec) and FP8 (TE).
+    prompt_len = n_img + 6 + z.prompt_text
+    tb = make_batch(cfg, z, [z.seq] * z.batch, device, seed=2)
+    flops = model_flops(cfg, z, z.seq, z.batch)
+    variants = [("bf16", ModelConfig(hf_dir="-", spec=best, precision="bf16", dtype="bf16"))]
+    if te:
+        variants += [(f"fp8-{r}", ModelConfig(hf_dir="-", spec=best, precision="fp8", fp8_recipe=r, dtype="bf16"))
+                     for r in ("delayed", "current")]
+    losses = {}
+    for label, mcfg in variants:
+        plan = plan_precision(mcfg, te_available=te)
+        reset_peak()
+        model = build(cfg, state, plan.spec, plan.params_dtype, plan.decoder_overrides())
+        model.train()
+        with torch.no_grad():
+            losses[label] = float(grpo_loss_of(model, tb, prompt_len, vocab, plan)[1])
+        sec = time_train(model, tb, prompt_len, vocab, plan, z.steps)
+        tps = z.batch * z.seq / sec
+        mfu = flops / sec / peak if peak else None
+        res[f"tokens_per_s_{label}"] = round(tps, 1)
+        res[f"mfu_{label}"] = None if mfu is None else round(mfu, 4)
+        row("speed", f"GRPO fwd+bwd {label} ({plan.spec}), {z.batch}x{z.seq} tok",
+            f"{tps:,.0f} tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", peak_gib())
+        if label == "bf16":
+            reset_peak()
+            try:
+                rtps, n = rollout_tokens_per_s(model, cfg, z, device)
+                res["rollout_tokens_per_s"] = round(rtps, 1)
+                row("speed", f"rollout MegatronGenerator bf16, {n} tokens", f"{rtps:,.1f} tok/s", peak_gib())
+            except Exception as exc:  # reported in the table and JSON, the other checks still run
+                res["rollout_tokens_per_s"], res["rollout_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
+                row("speed", "rollout MegatronGenerator bf16", f"FAILED {type(exc).__name__}", peak_gib())
+                print(f"gpu_check: rollout failed: {res['rollout_error']}", file=sys.stderr)
+        del model
+        gc.collect()
+    res["mfu_fp8"] = res.get("mfu_fp8-delayed")
+    res["fp8_speedup"] = (round(res["tokens_per_s_fp8-delayed"] / res["tokens_per_s_bf16"], 3) if te else None)
+    res["mean_logprob_bf16"] = round(losses["bf16"], 5)
+    for r in ("delayed", "current") if te else ():
+        d = abs(losses[f"fp8-{r}"] - losses["bf16"]) / max(abs(losses["bf16"]), 1e-6)
+        res[f"fp8_{r}_logprob_rel_diff"] = round(d, 5)
+        row("correctness", f"FP8 ({r}) vs bf16 mean completion log-prob (rel diff)", f"{d:.2e}")
+    res["fp8_loss_rel_diff"] = res.get("fp8_delayed_logprob_rel_diff")
+    res["peak_gib"] = {what: mem for _, what, _, mem in rows if mem is not None}
+    res["model_flops_per_step"] = flops
+    res["params"] = sum(p.numel() for p in hf.parameters())
+    return rows, res
+
+
+def print_table(rows, res, smoke: bool) -> None:
+    width = max(len(r[1]) for r in rows) + 2
+    print(f"\nGPU check ({res['device']}, TE {'yes' if res['te'] else 'no'}, params {res['params'] / 1e6:.0f}M"
+          f"{', CPU smoke: no timing claims' if smoke else ''})")
+    print(f"| {'section':<11} | {'check':<{width}} | {'value':<34} | {'peak GiB':>8} |")
+    print(f"|{'-' * 13}|{'-' * (width + 2)}|{'-' * 36}|{'-' * 10}|")
+    order = {"correctness": 0, "speed": 1, "memory": 2}
+    for sec, what, val, mem in sorted(rows, key=lambda r: order[r[0]]):
+        print(f"| {sec:<11} | {what:<{width}} | {str(val):<34} | {'-' if mem is None else mem:>8} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU: code paths only, no timing claims")
+    a = p.parse_args(argv)
+    if not a.cpu_smoke and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; use --cpu-smoke for the CPU code-path check", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows, res = run(a.cpu_smoke)
+    print_table(rows, res, a.cpu_smoke)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
