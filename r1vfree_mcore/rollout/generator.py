@@ -6,8 +6,11 @@ Each step runs the model on the whole batch, gathers the last position's vocab-p
 over TP (one row per sequence, never the full sequence), samples on the last pipeline stage with
 a generator seeded identically on all TP ranks, and broadcasts the tokens to the other stages.
 
-Not yet done: a KV cache. Each decode step re-runs the full prefix (O(length^2)); fine for
-the tiny CPU models, not for 7B rollouts (see docs/status.md).
+By default the prompt is run once into megatron-core's static KV cache and each step feeds one
+token (:class:`~r1vfree_mcore.rollout.decode_steps.CachedSteps`); ``use_kv_cache=False`` re-runs
+the whole prefix each step instead (O(length^2), vision tower every step). Both sample the same
+tokens from the same seed (tests/rollout/test_kv_cache.py). The cache needs the local layer spec
+(left padding is masked explicitly); with another backend the generator recomputes.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.distributed as dist
 
-from r1vfree_mcore.parallel.schedule import broadcast_from_last_stage, run_microbatches
+from r1vfree_mcore.parallel.schedule import broadcast_from_last_stage
+from r1vfree_mcore.rollout.decode_steps import CachedSteps, RecomputeSteps
+from r1vfree_mcore.rollout.decode_steps import gather_tp_last_dim  # noqa: F401 (re-exported)
 from r1vfree_mcore.rollout.prompts import PromptBatch
 
 
@@ -64,18 +68,6 @@ def model_forward(model, mb: dict) -> torch.Tensor:
     )
 
 
-def gather_tp_last_dim(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate a vocab-parallel tensor's TP shards along the last dim."""
-    from megatron.core import parallel_state as ps
-
-    tp = ps.get_tensor_model_parallel_world_size()
-    if tp == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(tp)]
-    dist.all_gather(parts, x.contiguous(), group=ps.get_tensor_model_parallel_group())
-    return torch.cat(parts, -1)
-
-
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Top-k then nucleus filtering on [N, V] fp32 logits (temperature already applied)."""
     if top_k > 0 and top_k < logits.shape[-1]:
@@ -92,45 +84,33 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 class MegatronGenerator:
-    """Sampling with the megatron-core policy (see module doc)."""
+    """Sampling with the megatron-core policy (see module doc).
 
-    def __init__(self, model, real_vocab_size: int):
+    ``use_kv_cache``: None (default) uses the KV cache when the model is built with the local
+    spec and recomputes otherwise; True requires the cache; False always recomputes.
+    """
+
+    def __init__(self, model, real_vocab_size: int, use_kv_cache: bool | None = None):
         self.model = model
         self.real_vocab_size = real_vocab_size
-
-    def _next_logits(self, ids, mask, prompts: PromptBatch) -> torch.Tensor | None:
-        mb = {"input_ids": ids, "attention_mask": mask, "pixel_values": prompts.pixel_values,
-              "image_grid_thw": prompts.image_grid_thw}
-
-        def last_logits(_mb, output):
-            full = gather_tp_last_dim(output[:, -1, :].float())
-            return output.new_zeros(()), {"logits": full[:, : self.real_vocab_size]}
-
-        out = run_microbatches(self.model, [mb], model_forward, last_logits, forward_only=True)
-        return out[0]["logits"] if out else None
+        backend = getattr(getattr(getattr(model, "module", model), "backend", None), "name", None)
+        if use_kv_cache and backend != "local":
+            raise ValueError(f"use_kv_cache=True needs a model built with spec='local', got backend {backend!r}")
+        self.use_kv_cache = backend == "local" if use_kv_cache is None else use_kv_cache
 
     @torch.no_grad()
     def generate(self, prompts: PromptBatch, params: SamplingParams, seed: int) -> Rollout:
         self.model.eval()
         n = prompts.num_sequences
+        steps_cls = CachedSteps if self.use_kv_cache else RecomputeSteps
+        steps = steps_cls(self.model, self.real_vocab_size, prompts, params.max_new_tokens)
         gen = torch.Generator().manual_seed(seed)
-        ids, mask = prompts.input_ids, prompts.attention_mask
         eos = torch.tensor(params.eos_token_ids)
         done = torch.zeros(n, dtype=torch.bool)
         toks, lps, keep = [], [], []
-        for _ in range(params.max_new_tokens):
-            logits = self._next_logits(ids, mask, prompts)
-            if logits is not None:  # last pipeline stage
-                scaled = logits / params.temperature
-                if params.suppress_token_ids:
-                    scaled[:, list(params.suppress_token_ids)] = float("-inf")
-                logp_all = torch.log_softmax(scaled, -1)
-                probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
-                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                lp = logp_all.gather(-1, nxt[:, None]).squeeze(1)
-                payload = (nxt, lp)
-            else:
-                payload = None
+        logits = steps.prefill()
+        for i in range(params.max_new_tokens):
+            payload = sample_next(logits, params, gen) if logits is not None else None  # last stage
             nxt, lp = broadcast_from_last_stage(payload)
             alive = ~done
             nxt = torch.where(alive, nxt, torch.full_like(nxt, params.pad_token_id))
@@ -138,10 +118,10 @@ class MegatronGenerator:
             lps.append(torch.where(alive, lp, torch.zeros_like(lp)))
             keep.append(alive)
             done = done | torch.isin(nxt, eos)
-            ids = torch.cat([ids, nxt[:, None]], 1)
-            mask = torch.cat([mask, alive[:, None].to(mask.dtype)], 1)
-            if bool(done.all()):
+            if bool(done.all()) or i + 1 == params.max_new_tokens:
                 break
+            logits = steps.step(nxt, alive)
+        del steps  # frees the KV cache before training
         self.model.train()
         return Rollout(
             prompts=prompts,
@@ -149,6 +129,20 @@ class MegatronGenerator:
             completion_mask=torch.stack(keep, 1).to(torch.long),
             behaviour_logprobs=torch.stack(lps, 1),
         )
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator):
+    """Draw one token per row from ``[N, vocab]`` fp32 logits; returns (tokens, their log-probs).
+
+    The log-prob is under the temperature-scaled distribution before top-k / top-p filtering.
+    """
+    scaled = logits / params.temperature
+    if params.suppress_token_ids:
+        scaled[:, list(params.suppress_token_ids)] = float("-inf")
+    logp_all = torch.log_softmax(scaled, -1)
+    probs = filter_logits(scaled, params.top_k, params.top_p).softmax(-1)
+    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    return nxt, logp_all.gather(-1, nxt[:, None]).squeeze(1)
 
 
 def decode_completions(tokenizer, rollout: Rollout) -> list[str]:

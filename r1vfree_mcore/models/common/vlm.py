@@ -18,6 +18,7 @@ from megatron.core.transformer.module import MegatronModule
 from r1vfree_mcore.models.backends import get_backend
 from r1vfree_mcore.models.common.configs import VisionDims, decoder_config
 from r1vfree_mcore.models.common.hf_config import family_of, rope_params, text_config, tied_embeddings
+from r1vfree_mcore.models.common.inference import cached_decoder_mask
 from r1vfree_mcore.models.common.layer_spec import transformer_layer_spec
 from r1vfree_mcore.models.common.rope_index import get_rope_index
 from r1vfree_mcore.models.common.vision import VisionTower
@@ -137,6 +138,7 @@ class QwenVLModel(MegatronModule):
         self.language_model.set_input_tensor(input_tensor)
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None,
+                inference_context=None,
                 packed_seq_params=None):
         """Logits ``[b, s, padded_vocab/tp]`` (last stage) or hidden states ``[s, b, h]`` (others).
 
@@ -144,18 +146,32 @@ class QwenVLModel(MegatronModule):
         computed with :func:`get_rope_index` when None (every stage needs ``input_ids``,
         ``image_grid_thw`` and ``attention_mask`` for that; ``pixel_values`` only the first).
         ``packed_seq_params``: a packed row instead of a padded batch (see ``_forward_packed``).
+
+        With ``inference_context`` (a megatron static KV-cache context, see
+        :mod:`r1vfree_mcore.models.common.inference`): ``input_ids`` are the new tokens only,
+        ``attention_mask`` ``[b, cached + s]`` and ``position_ids`` ``[3, b, cached + s]`` cover
+        every key so far (required), and the last stage returns the last position's logits
+        gathered over TP ``[b, 1, padded_vocab]``.
         """
         b, s = input_ids.shape
         if packed_seq_params is not None:  # THD packing: see models/common/packing.py
             return self._forward_packed(input_ids, position_ids, pixel_values, image_grid_thw, packed_seq_params)
-        if position_ids is None:
-            position_ids = get_rope_index(input_ids, image_grid_thw, attention_mask, self.hf_config)
-        mask = self.backend.decoder_mask(attention_mask, s, b)
+        if inference_context is not None:
+            if position_ids is None or attention_mask is None:
+                raise ValueError("forward with inference_context needs position_ids and attention_mask of every key")
+            mask = cached_decoder_mask(attention_mask, s)
+        else:
+            if position_ids is None:
+                position_ids = get_rope_index(input_ids, image_grid_thw, attention_mask, self.hf_config)
+            mask = self.backend.decoder_mask(attention_mask, s, b)
         decoder_input = None
         if self.pre_process:
             decoder_input = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [s, b, h]
             if pixel_values is not None:
                 decoder_input = self._scatter_images(decoder_input, input_ids, pixel_values, image_grid_thw)
+        if inference_context is not None:  # megatron requires gathered logits in inference mode
+            return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input,
+                                       inference_context=inference_context, runtime_gather_output=True)
         return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input)
 
     def _forward_packed(self, input_ids, position_ids, pixel_values, image_grid_thw, packed_seq_params):

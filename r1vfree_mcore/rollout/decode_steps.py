@@ -1,0 +1,109 @@
+"""How a generator gets next-token logits: recompute the prefix, or a megatron KV cache.
+
+Both steppers run the policy through :func:`run_microbatches` (forward only), so PP is handled by
+megatron's schedule, and return the last position's real-vocab logits ``[N, vocab]`` (fp32,
+gathered over TP) on the last pipeline stage, None elsewhere. ``prefill()`` gives the logits
+after the prompt; ``step(tokens, alive)`` appends one token per row (``alive`` False for rows
+that already finished: their new key is masked) and gives the next logits.
+
+:class:`CachedSteps` runs the vision tower and the prompt once, then one token per step; the
+new token's mrope position continues each row's prompt (``max(prompt positions) + 1 + t`` on all
+three axes, HF's ``rope_deltas``), exactly what :func:`get_rope_index` gives the recomputed prefix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from r1vfree_mcore.parallel.schedule import run_microbatches
+from r1vfree_mcore.rollout.prompts import PromptBatch
+
+
+_FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "inference_context")
+
+
+def _forward(model, mb: dict) -> torch.Tensor:
+    """The policy's forward on a generation micro-batch (absent / None keys left to the model)."""
+    return model(**{k: mb[k] for k in _FORWARD_KEYS if mb.get(k) is not None})
+
+
+def gather_tp_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a vocab-parallel tensor's TP shards along the last dim."""
+    from megatron.core import parallel_state as ps
+
+    tp = ps.get_tensor_model_parallel_world_size()
+    if tp == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(tp)]
+    dist.all_gather(parts, x.contiguous(), group=ps.get_tensor_model_parallel_group())
+    return torch.cat(parts, -1)
+
+
+def _last_logits(model, mb: dict, vocab: int, gathered: bool) -> torch.Tensor | None:
+    """Run one micro-batch; the last position's logits ``[N, vocab]`` on the last stage."""
+
+    def loss_fn(_mb, output):
+        last = output[:, -1, :].float()
+        full = last if gathered else gather_tp_last_dim(last)
+        return output.new_zeros(()), {"logits": full[:, :vocab]}
+
+    out = run_microbatches(model, [mb], _forward, loss_fn, forward_only=True)
+    return out[0]["logits"] if out else None
+
+
+class RecomputeSteps:
+    """Every step re-runs the whole prefix (vision tower included): O(length^2), no cache memory."""
+
+    def __init__(self, model, vocab: int, prompts: PromptBatch, max_new_tokens: int):
+        self.model, self.vocab, self.prompts = model, vocab, prompts
+        self.ids, self.mask = prompts.input_ids, prompts.attention_mask
+
+    def _run(self) -> torch.Tensor | None:
+        mb = {"input_ids": self.ids, "attention_mask": self.mask, "pixel_values": self.prompts.pixel_values,
+              "image_grid_thw": self.prompts.image_grid_thw}
+        return _last_logits(self.model, mb, self.vocab, gathered=False)
+
+    def prefill(self) -> torch.Tensor | None:
+        return self._run()
+
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor | None:
+        self.ids = torch.cat([self.ids, tokens[:, None]], 1)
+        self.mask = torch.cat([self.mask, alive[:, None].to(self.mask.dtype)], 1)
+        return self._run()
+
+
+class CachedSteps:
+    """Prompt once into megatron's static KV cache (this stage's layers), then one token per step."""
+
+    def __init__(self, model, vocab: int, prompts: PromptBatch, max_new_tokens: int):
+        from r1vfree_mcore.models.common.inference import new_static_context
+        from r1vfree_mcore.models.common.rope_index import get_rope_index
+
+        self.model, self.vocab, self.prompts = model, vocab, prompts
+        n, p = prompts.input_ids.shape
+        self.context = new_static_context(n, p + max_new_tokens)
+        hf_config = getattr(model, "module", model).hf_config
+        self.mask = prompts.attention_mask
+        self.positions = get_rope_index(prompts.input_ids, prompts.image_grid_thw, self.mask, hf_config)
+        self.next_position = self.positions.amax(dim=(0, 2)) + 1  # [N]; padding has position 0
+
+    def _run(self, mb: dict) -> torch.Tensor | None:
+        mb.update(attention_mask=self.mask, position_ids=self.positions, inference_context=self.context)
+        logits = _last_logits(self.model, mb, self.vocab, gathered=True)
+        # Every stage advances its own context past the tokens it just cached.
+        self.context.increment_sequence_len_offset(mb["input_ids"].shape[1])
+        return logits
+
+    def prefill(self) -> torch.Tensor | None:
+        self.context.reset()
+        return self._run({"input_ids": self.prompts.input_ids, "pixel_values": self.prompts.pixel_values,
+                          "image_grid_thw": self.prompts.image_grid_thw})
+
+    def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor | None:
+        self.context.enable_decode_mode()
+        pos = self.next_position.to(self.positions.dtype)
+        self.next_position = self.next_position + 1
+        self.positions = torch.cat([self.positions, pos.view(1, -1, 1).expand(3, -1, 1)], 2)
+        self.mask = torch.cat([self.mask, alive[:, None].to(self.mask.dtype)], 1)
+        return self._run({"input_ids": tokens[:, None]})
