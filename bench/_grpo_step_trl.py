@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, required=True)
     p.add_argument("--completion-length", type=int, required=True)
     p.add_argument("--steps", type=int, required=True, help="total steps, warm-up included")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run-dir", required=True)

@@ -1,18 +1,21 @@
 """One GRPO step (rollout + reward + update): our trainer vs TRL's GRPOTrainer, side by side.
 
     python bench/grpo_step.py [--generations 8] [--prompts 2] [--completion-length 32]
-                              [--steps 4] [--warmup 1] [--threads 1] [--trl-python PATH] [--ours-only]
+                              [--steps 6] [--warmup 1] [--rounds 3] [--threads 1] [--trl-python PATH] [--ours-only]
 
 Both sides train the same tiny random Qwen2-VL (4 layers, hidden 256, 8 heads / 2 KV heads,
 head_dim 32, vision tower 4 x 64) written by :func:`r1vfree_mcore.testing.tiny.write_tiny_checkpoint`,
 on the same synthetic data (:mod:`r1vfree_mcore.testing.synthetic_data`, images resized to
 3136..12544 pixels), fp32 on CPU, with the same G, prompts per step, max completion length,
-temperature 1.0, beta 0.04, lr 3e-3 constant, grad clip 1.0, one optimizer step per rollout and the
+temperature 1.0, beta 0.04, lr 1e-5 constant, grad clip 1.0, one optimizer step per rollout and the
 same two model-free rewards (R1V-Free ``format`` + a character-diversity score, bench/_grpo_step_rewards.py),
 so the comparison measures the trainers, not a reward model.
 
-Each framework runs ``--steps`` steps in its own subprocess (``OMP_NUM_THREADS=--threads``); the
-first ``--warmup`` steps are dropped and the median of the rest is reported. Peak RSS is the
+Each framework runs ``--steps`` steps in its own subprocess (``OMP_NUM_THREADS=--threads``),
+``--rounds`` times, alternating which side goes first (the machine this was written on is a shared
+2-core VM whose speed drifts 2-3x between minutes); each run's first ``--warmup`` steps are
+dropped and the median (and min) of the pooled remaining steps is reported, with each round's
+median to show the spread. Peak RSS is the
 kernel's high-water mark of that subprocess (``os.wait4`` rusage ``ru_maxrss``; max over the
 process and its reaped children, not a sum), start-up and imports included.
 
@@ -23,8 +26,10 @@ process and its reaped children, not a sum), start-up and imports included.
 - TRL: bench/_grpo_step_trl.py (GRPOConfig loss_type="grpo", gradient_checkpointing=False,
   use_cpu=True, bf16=False); step time = callback on_step_begin -> on_step_end.
 
-Both stop a sequence at EOS; a random tiny model rarely emits EOS, so nearly all completions run
-to the full length. The table shows the mean completion length and completion tokens/s of each.
+Both stop a sequence at EOS. To make both generate and train on exactly max_completion_length
+tokens, the bench zeroes the ``lm_head`` rows of the EOS and vision tokens and scales the other
+rows by 3 (:func:`silence_stop_and_vision_tokens`), and uses a small lr (1e-5) so a few updates do
+not bring EOS back; the table still shows each side's mean completion length and completion tokens/s.
 
 TRL setup (kept out of the project's pinned .venv), ~2 min from this machine's package mirror:
 
@@ -68,8 +73,33 @@ def write_assets(root: Path) -> dict[str, Path]:
                     num_kv_heads=2, mrope_section=[4, 6, 6], min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     paths = {"policy": root / "policy", "data": root / "data"}
     write_tiny_checkpoint(paths["policy"], spec)
+    silence_stop_and_vision_tokens(paths["policy"])
     write_synthetic_dataset(paths["data"], 64, "disk", seed=0)
     return paths
+
+
+def silence_stop_and_vision_tokens(policy: Path, scale: float = 3.0) -> list[int]:
+    """Make EOS and vision tokens (practically) never sampled, so every completion is full length.
+
+    Zeroes their ``lm_head`` rows (logit exactly 0) and scales the other rows by ``scale``, which
+    puts the sampled tokens' logits far above 0 (measured: 32/32 tokens in 32 of 32 completions,
+    still diverse text). Both trainers then generate and train on exactly ``max_completion_length``
+    tokens per sequence, and TRL (which, unlike ours, does not mask vision tokens out of sampling)
+    never samples an image token into a completion. Returns the silenced token ids.
+    """
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((policy / "config.json").read_text())
+    gen = json.loads((policy / "generation_config.json").read_text())
+    eos = gen["eos_token_id"] if isinstance(gen["eos_token_id"], list) else [gen["eos_token_id"]]
+    vision = [cfg[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")]
+    ids = sorted(set(eos + vision))
+    weights = load_file(policy / "model.safetensors")
+    head = weights["lm_head.weight"] * scale
+    head[ids] = 0.0
+    weights["lm_head.weight"] = head.contiguous()
+    save_file(weights, policy / "model.safetensors", metadata={"format": "pt"})
+    return ids
 
 
 def find_trl_python(explicit: str | None) -> str | None:
@@ -149,26 +179,30 @@ def run_trl(a, python: str, assets: dict[str, Path], work: Path) -> dict:
     return {**res, "rss_mib": rss, "wall_s": wall, "log": str(log)}
 
 
-def summarize(res: dict, warmup: int, n_seq: int) -> dict:
-    """Median step time after the warm-up steps, completion tokens/s, peak RSS."""
-    steps, lens = res["step_s"][warmup:], res["completion_length"][warmup:]
+def summarize(rounds: list[dict], warmup: int, n_seq: int) -> dict:
+    """Pool the steps after each round's warm-up: median and min step time, tokens/s, peak RSS."""
+    steps = [t for r in rounds for t in r["step_s"][warmup:]]
+    lens = [n for r in rounds for n in r["completion_length"][warmup:]]
     if not steps:
         raise ValueError(f"no measured steps: --steps must exceed --warmup ({warmup})")
     med = statistics.median(steps)
     mean_len = statistics.fmean(lens)
-    return {"step_s": med, "steps": len(steps), "completion_length": mean_len,
-            "tokens_per_s": n_seq * mean_len / med, "rss_mib": res["rss_mib"]}
+    return {"step_s": med, "min_step_s": min(steps), "steps": len(steps), "completion_length": mean_len,
+            "tokens_per_s": n_seq * mean_len / med, "rss_mib": max(r["rss_mib"] for r in rounds),
+            "round_medians": [statistics.median(r["step_s"][warmup:]) for r in rounds]}
 
 
 def print_table(rows: dict[str, dict], a) -> None:
     print(f"\nGRPO step, tiny Qwen2-VL fp32 CPU: G={a.generations} prompts={a.prompts} "
-          f"max_completion_length={a.completion_length} threads={a.threads} "
-          f"(median of {a.steps - a.warmup} steps after {a.warmup} warm-up)")
-    print(f"| {'trainer':<8} | {'step_s':>7} | {'completion_len':>14} | {'compl_tok/s':>11} | {'peak_RSS_MiB':>12} |")
-    print(f"|{'-' * 10}|{'-' * 8}:|{'-' * 15}:|{'-' * 12}:|{'-' * 13}:|")
+          f"max_completion_length={a.completion_length} threads={a.threads}, {a.rounds} round(s) x "
+          f"({a.steps} steps - {a.warmup} warm-up); step_s = median of the pooled measured steps")
+    print(f"| {'trainer':<8} | {'step_s':>7} | {'min_step_s':>10} | {'round medians':<22} | {'completion_len':>14} "
+          f"| {'compl_tok/s':>11} | {'peak_RSS_MiB':>12} |")
+    print(f"|{'-' * 10}|{'-' * 8}:|{'-' * 11}:|{'-' * 24}|{'-' * 15}:|{'-' * 12}:|{'-' * 13}:|")
     for name, s in rows.items():
-        print(f"| {name:<8} | {s['step_s']:7.3f} | {s['completion_length']:14.1f} | {s['tokens_per_s']:11.1f} | "
-              f"{s['rss_mib']:12.0f} |")
+        rm = " ".join(f"{x:.2f}" for x in s["round_medians"])
+        print(f"| {name:<8} | {s['step_s']:7.3f} | {s['min_step_s']:10.3f} | {rm:<22} | "
+              f"{s['completion_length']:14.1f} | {s['tokens_per_s']:11.1f} | {s['rss_mib']:12.0f} |")
 
 
 def parse_args(argv=None):
@@ -176,10 +210,11 @@ def parse_args(argv=None):
     p.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
     p.add_argument("--prompts", type=int, default=2, help="prompts per step")
     p.add_argument("--completion-length", type=int, default=32, help="max completion tokens")
-    p.add_argument("--steps", type=int, default=4, help="steps per framework, warm-up included")
+    p.add_argument("--steps", type=int, default=6, help="steps per framework, warm-up included")
     p.add_argument("--warmup", type=int, default=1, help="leading steps left out of the median")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each side, alternating the order")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each side")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-5, help="small, so a few steps do not teach EOS back")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--trl-python", default=None, help="Python with trl installed (see the module docstring)")
     p.add_argument("--ours-only", action="store_true", help="skip the TRL side")
@@ -188,30 +223,41 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.steps <= a.warmup:
         p.error("--steps must be greater than --warmup")
+    if a.rounds < 1:
+        p.error("--rounds must be >= 1")
     return a
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    n_seq = a.generations * a.prompts
+    trl_python = None if a.ours_only else find_trl_python(a.trl_python)
+    if trl_python is None:
+        why = "--ours-only" if a.ours_only else f"trl not importable here and {TRL_VENV_PYTHON} missing"
+        print(f"grpo_step: TRL side skipped ({why}); see the docstring for the TRL virtualenv", flush=True)
+    raw: dict[str, list[dict]] = {"ours": [], "trl": []}
     with tempfile.TemporaryDirectory(prefix="grpo_step_") as tmp:
         work = Path(a.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         assets = write_assets(work / "assets")
-        n_seq = a.generations * a.prompts
-        ours_raw = run_ours(a, assets, work)
-        results = {"ours": summarize(ours_raw, a.warmup, n_seq)}
-        trl_python = None if a.ours_only else find_trl_python(a.trl_python)
-        if trl_python is None:
-            why = "--ours-only" if a.ours_only else f"trl not importable here and {TRL_VENV_PYTHON} missing"
-            print(f"grpo_step: TRL side skipped ({why}); see the docstring for the TRL virtualenv", flush=True)
-        else:
-            results["trl"] = summarize(run_trl(a, trl_python, assets, work), a.warmup, n_seq)
+        for i in range(a.rounds):
+            # Alternate which side goes first, so slow drifts of the shared machine's load hit both.
+            order = ["ours", "trl"] if i % 2 == 0 else ["trl", "ours"]
+            for side in order:
+                rdir = work / f"round{i}"
+                rdir.mkdir(exist_ok=True)
+                if side == "ours":
+                    raw["ours"].append(run_ours(a, assets, rdir))
+                elif trl_python is not None:
+                    raw["trl"].append(run_trl(a, trl_python, assets, rdir))
+                print(f"grpo_step: round {i} {side} done", flush=True)
+    results = {k: summarize(v, a.warmup, n_seq) for k, v in raw.items() if v}
     print_table(results, a)
-    phases = {k.split("/")[1]: statistics.median(v[a.warmup:]) for k, v in ours_raw["phases"].items()}
+    phases = {k.split("/")[1]: statistics.median([t for r in raw["ours"] for t in r["phases"][k][a.warmup:]])
+              for k in raw["ours"][0]["phases"]}
     print("ours, median s per phase: " + ", ".join(f"{k}={v:.3f}" for k, v in phases.items())
           + " (checkpoint is not part of step_s)")
-    trl = results.get("trl")
-    ours = results["ours"]
+    trl, ours = results.get("trl"), results["ours"]
     line = {"bench": "grpo_step",
             "time_ratio_vs_trl": round(ours["step_s"] / trl["step_s"], 4) if trl else None,
             "rss_ratio_vs_trl": round(ours["rss_mib"] / trl["rss_mib"], 4) if trl else None}
