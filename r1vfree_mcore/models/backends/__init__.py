@@ -16,7 +16,8 @@ SPECS = ("local", "transformer_engine")
 
 
 def get_backend(spec: str):
-    """Backend for ``spec``; 'transformer_engine' falls back to 'local' (with a warning) without TE."""
+    """Backend for ``spec``; 'transformer_engine' falls back to 'local' with torch SDPA attention
+    (:mod:`~r1vfree_mcore.models.backends.sdpa`, with a warning) without TE."""
     if spec == "local":
         return LocalBackend()
     if spec == "transformer_engine":
@@ -24,10 +25,12 @@ def get_backend(spec: str):
 
         if transformer_engine.te_available():
             return transformer_engine.TEBackend()
+        from r1vfree_mcore.models.backends.sdpa import LocalSDPABackend
+
         log.warning(
             "spec='transformer_engine' requested but transformer_engine is not importable (%s); "
-            "falling back to the local spec",
+            "falling back to the local spec (torch SDPA attention)",
             transformer_engine.import_error(),
         )
-        return LocalBackend()
+        return LocalSDPABackend()
     raise ValueError(f"spec must be one of {SPECS}, got {spec!r}")
