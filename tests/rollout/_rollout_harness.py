@@ -96,12 +96,15 @@ def both_generators(model, vocab: int, batch, params, seed: int) -> dict:
 def compare_worker(rank, world, ckpts, tp, pp, max_new_tokens, param_kw):
     """Worker: for each checkpoint, both generators at TP x PP; returns their rollouts."""
     from r1vfree_mcore.parallel.state import destroy_parallel
+    from r1vfree_mcore.rollout.generator import MegatronGenerator
 
     res = {}
     for ckpt in ckpts:
         batch, proc = prompt_batch(Path(ckpt))
         model, hf_config = load_policy(Path(ckpt), tp, pp)
         params = sampling(proc, max_new_tokens, **param_kw)
-        res[Path(ckpt).name] = both_generators(model, hf_config.text_config.vocab_size, batch, params, seed=1234)
+        vocab = hf_config.text_config.vocab_size
+        res[Path(ckpt).name] = both_generators(model, vocab, batch, params, seed=1234)
+        res[Path(ckpt).name]["default_uses_cache"] = MegatronGenerator(model, vocab).use_kv_cache
         destroy_parallel()
     return res

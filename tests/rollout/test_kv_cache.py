@@ -21,8 +21,8 @@ NEW_TOKENS = 10
 
 
 def _params(vocab: int, hf_config) -> dict:
-    # Every 8th token ends a sequence, so rows finish at different steps and the cache must
-    # mask finished rows' keys exactly as the recomputed prefix does.
+    # Every 8th token ends a sequence, so rows finish at different steps: finished rows keep
+    # being fed (pad tokens, masked keys) and must not disturb the others or the draws.
     vision = (hf_config.image_token_id, hf_config.vision_start_token_id, hf_config.vision_end_token_id)
     eos = tuple(t for t in range(0, vocab, 8) if t not in vision)
     return dict(temperature=0.8, top_k=40, top_p=0.95, suppress_token_ids=vision, eos_extra=eos)
@@ -59,6 +59,7 @@ def test_kv_cache_matches_recompute_tp1(checkpoints, family):
     ckpt = checkpoints[family]
     out = compare_worker(0, 1, [str(ckpt)], 1, 1, NEW_TOKENS, _worker_params(ckpt))
     destroy_parallel()
+    assert out[ckpt.name]["default_uses_cache"], "the local-spec model should default to the KV cache"
     _assert_same(out[ckpt.name], f"{family} TP=1")
 
 
@@ -94,6 +95,8 @@ def test_cached_next_logits_match_hf(checkpoints, family):
     steps = CachedSteps(model, vocab, batch, max_new_tokens=4)
     ids, mask = batch.input_ids, batch.attention_mask
     gen = torch.Generator().manual_seed(0)
+    with torch.no_grad(), pytest.raises(ValueError, match="position_ids"):
+        model(input_ids=ids, attention_mask=mask, inference_context=steps.context)  # decode needs positions
     with torch.no_grad():
         ours = steps.prefill()
         for step in range(4):
@@ -108,3 +111,30 @@ def test_cached_next_logits_match_hf(checkpoints, family):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             ours = steps.step(nxt, torch.ones_like(nxt, dtype=torch.bool))
     destroy_parallel()
+
+
+def test_cached_mask_is_causal_padding_mask():
+    """Prefill (all keys new) gives the local backend's causal | padding mask; decode masks pad keys."""
+    from r1vfree_mcore.models.backends.local import LocalBackend
+    from r1vfree_mcore.models.common.inference import cached_decoder_mask
+
+    keys = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    assert torch.equal(cached_decoder_mask(keys, 5), LocalBackend.decoder_mask(keys, 5, 2))
+    last = cached_decoder_mask(keys, 1)
+    assert last.shape == (2, 1, 1, 5)
+    assert torch.equal(last[:, 0, 0], keys == 0)
+    two = cached_decoder_mask(keys, 2)  # the second-to-last query must not see the last key
+    assert bool(two[0, 0, 0, 4]) and not bool(two[0, 0, 0, 3]) and not bool(two[0, 0, 1, 4])
+    with pytest.raises(ValueError, match="new tokens"):
+        cached_decoder_mask(keys, 6)
+
+
+def test_kv_cache_needs_local_spec():
+    from types import SimpleNamespace
+
+    from r1vfree_mcore.rollout.generator import MegatronGenerator
+
+    te_model = SimpleNamespace(backend=SimpleNamespace(name="transformer_engine"))
+    with pytest.raises(ValueError, match="spec='local'"):
+        MegatronGenerator(te_model, 10, use_kv_cache=True)
+    assert not MegatronGenerator(te_model, 10).use_kv_cache  # falls back to recomputing
