@@ -185,7 +185,7 @@ def time_train(model, batch, prompt_len, vocab, plan, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int]:
+def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int, bool]:
     """Sampled tokens/s of MegatronGenerator on ``batch`` prompts of one image each."""
     from r1vfree_mcore.rollout.generator import MegatronGenerator, SamplingParams
     from r1vfree_mcore.rollout.prompts import PromptBatch
@@ -203,7 +203,21 @@ def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int]:
     out = gen.generate(prompts, params, seed=0)
     sync()
     n = int(out.completion_mask.sum())
-    return n / (time.perf_counter() - t0), n
+    return n / (time.perf_counter() - t0), n, gen.use_kv_cache
+
+
+def rollout(model, cfg, z: Sizes, device, key: str, row, res) -> None:
+    """Rollout tokens/s into the table and ``res`` (a failure is reported there, not raised)."""
+    reset_peak()
+    try:
+        rtps, n, cached = rollout_tokens_per_s(model, cfg, z, device)
+        res[f"rollout_tokens_per_s_{key}"] = round(rtps, 1)
+        row("speed", f"rollout {key} bf16 ({'KV cache' if cached else 'recompute'}), {n} tokens",
+            f"{rtps:,.1f} tok/s", peak_gib())
+    except Exception as exc:  # the other checks still run; the error is in the table and JSON
+        res[f"rollout_tokens_per_s_{key}"], res[f"rollout_error_{key}"] = None, f"{type(exc).__name__}: {exc}"[:300]
+        row("speed", f"rollout {key} bf16", f"FAILED {type(exc).__name__}", peak_gib())
+        print(f"gpu_check: rollout ({key}) failed: {res[f'rollout_error_{key}']}", file=sys.stderr)
 
 
 def init(smoke: bool):
@@ -263,10 +277,13 @@ def run(smoke: bool) -> dict:
         res[f"packed_vs_padded_rel_err_{key}"] = round(rel_err(packed[real], out[real]), 5)
         row("correctness", f"{spec}: Megatron vs HF logits, bf16 (rel err)", f"{err:.2e}", peak_gib())
         row("correctness", f"{spec}: packed THD vs padded logits (rel err)", f"{res[f'packed_vs_padded_rel_err_{key}']:.2e}")
+        rollout(model, cfg, z, device, f"{key}", row, res)
         del model, out, packed
         gc.collect()
     best = specs[-1]
     res["logit_rel_err_bf16"] = res["logit_rel_err_bf16_te" if te else "logit_rel_err_bf16_local"]
+    res["rollout_tokens_per_s"] = max((v for k, v in res.items() if k.startswith("rollout_tokens_per_s_") and v),
+                                      default=None)
     del ref
 
     # 2. speed: GRPO forward+backward at TP=1, bf16 (best spec) and FP8 (TE).
@@ -292,16 +309,6 @@ def run(smoke: bool) -> dict:
         res[f"mfu_{label}"] = None if mfu is None else round(mfu, 4)
         row("speed", f"GRPO fwd+bwd {label} ({plan.spec}), {z.batch}x{z.seq} tok",
             f"{tps:,.0f} tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", peak_gib())
-        if label == "bf16":
-            reset_peak()
-            try:
-                rtps, n = rollout_tokens_per_s(model, cfg, z, device)
-                res["rollout_tokens_per_s"] = round(rtps, 1)
-                row("speed", f"rollout MegatronGenerator bf16, {n} tokens", f"{rtps:,.1f} tok/s", peak_gib())
-            except Exception as exc:  # reported in the table and JSON, the other checks still run
-                res["rollout_tokens_per_s"], res["rollout_error"] = None, f"{type(exc).__name__}: {exc}"[:300]
-                row("speed", "rollout MegatronGenerator bf16", f"FAILED {type(exc).__name__}", peak_gib())
-                print(f"gpu_check: rollout failed: {res['rollout_error']}", file=sys.stderr)
         del model
         gc.collect()
     res["mfu_fp8"] = res.get("mfu_fp8-delayed")

@@ -26,12 +26,13 @@ def test_gpu_check_cpu_smoke_prints_table_and_json():
     assert 0 < res["logit_rel_err_bf16"] < 0.05, res  # bf16 rounding, not a wrong model
     assert res["packed_vs_padded_rel_err_local"] < 0.02, res
     assert res["tokens_per_s_bf16"] > 0 and res["rollout_tokens_per_s"] > 0, res
-    assert "rollout_error" not in res, res["rollout_error"]
+    assert "rollout_error_local" not in res, res["rollout_error_local"]
+    assert res["rollout_tokens_per_s_local"] == res["rollout_tokens_per_s"]
     assert res["mfu_bf16"] is None and res["mfu_fp8"] is None and res["fp8_speedup"] is None
     assert res["model_flops_per_step"] > 6 * res["params"] * 2 * 64 * 0.5
     table = "\n".join(lines[:-1])
     for needle in ("| section", "Megatron vs HF logits", "packed THD vs padded", "GRPO fwd+bwd bf16",
-                   "rollout MegatronGenerator", "| memory"):
+                   "rollout local bf16 (KV cache)", "| memory"):
         assert needle in table, needle
 
 
