@@ -37,6 +37,14 @@ class SamplingParams:
     # Never sampled: vision placeholders in a completion would be read as a new image.
     suppress_token_ids: tuple[int, ...] = ()
 
+    def __post_init__(self):
+        for field, ok, need in (("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+                                ("temperature", self.temperature > 0, "> 0"),
+                                ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                                ("top_k", self.top_k >= 0, ">= 0 (0 disables top-k)")):
+            if not ok:
+                raise ValueError(f"SamplingParams.{field} must be {need}, got {getattr(self, field)!r}")
+
 
 @dataclass
 class Rollout:
