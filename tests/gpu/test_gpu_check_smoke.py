@@ -36,10 +36,14 @@ def test_gpu_check_cpu_smoke_prints_table_and_json():
         assert needle in table, needle
 
 
-def test_gpu_mode_refuses_without_cuda():
+def test_gpu_mode_refuses_without_cuda(capsys):
+    import importlib.util
+
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("has a GPU")
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--cpu-smoke" in proc.stderr
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([]) == 2 and "--cpu-smoke" in capsys.readouterr().err
