@@ -143,7 +143,5 @@ def load_into_model(model, dist_dir: Path) -> None:
     """Fill a built stage (any TP/PP) from a dist checkpoint, as the trainer's resume does."""
     from megatron.core import dist_checkpointing
 
-    from r1vfree_mcore.conversion.stage import stage_sharded_state_dict
-
-    loaded = dist_checkpointing.load({"model": stage_sharded_state_dict(model)}, str(dist_dir))
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(dist_dir))
     model.load_state_dict(loaded["model"], strict=True)

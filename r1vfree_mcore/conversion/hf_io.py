@@ -3,13 +3,14 @@
 The reader only parses headers up front (names, shapes, dtypes, truncation check); tensor data is
 read on demand through safetensors' mmap, so a process holds at most the tensors it asked for.
 The writer is given the full list of (name, shape, dtype) first, plans the shard files (HF's
-``model-0000k-of-0000n.safetensors`` names need the count), then takes tensors one at a time and
-flushes each shard as soon as its last tensor arrives.
+``model-0000k-of-0000n.safetensors`` names need the count) and every tensor's byte offset, writes
+the headers, then writes each tensor to its place as it arrives (no shard is buffered).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from r1vfree_mcore.conversion.errors import ConversionError
+from r1vfree_mcore.conversion.errors import ConversionError, name_list
 from r1vfree_mcore.models.common.weight_rules import hf_aliases
 
 INDEX = "model.safetensors.index.json"
@@ -52,8 +53,8 @@ class TensorInfo:
         return n * torch.tensor([], dtype=self.dtype).element_size()
 
 
-def _read_header(path: Path) -> dict:
-    """Parse a safetensors header and check that the file holds every byte it declares."""
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(tensor entries, offset of the data section) of a safetensors file, checked against its size."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
@@ -67,7 +68,7 @@ def _read_header(path: Path) -> dict:
         raise ConversionError(
             f"truncated safetensors file {path}: header declares {8 + n + end} bytes, file has {size}"
         )
-    return header
+    return header, 8 + n
 
 
 class HFReader:
@@ -92,19 +93,21 @@ class HFReader:
         if not files:
             raise ConversionError(f"no safetensors weights in {self.dir} (expected {INDEX} or {SINGLE})")
         self.infos: dict[str, TensorInfo] = {}
-        self._raw: dict[str, str] = {}  # disk name -> name as stored in the file
+        self._span: dict[str, tuple[int, int]] = {}  # disk name -> byte range in its file
         for fname in files:
             path = self.dir / fname
             if not path.is_file():
                 raise ConversionError(f"{index} names {fname}, which is missing")
-            for raw, meta in _read_header(path).items():
+            header, data_start = _read_header(path)
+            for raw, meta in header.items():
                 if meta["dtype"] not in _DTYPES:
                     raise ConversionError(f"{path}: tensor {raw} has unsupported dtype {meta['dtype']}")
                 name = disk_name(raw)
                 if name in self.infos:
                     raise ConversionError(f"tensor {raw} appears twice (in {self.infos[name].file.name} and {fname})")
                 self.infos[name] = TensorInfo(path, tuple(meta["shape"]), _DTYPES[meta["dtype"]])
-                self._raw[name] = raw
+                begin, end = meta["data_offsets"]
+                self._span[name] = (data_start + begin, data_start + end)
         self._handles: dict[Path, object] = {}
         self.bytes_read = 0
         self.tensors_read = 0
@@ -120,20 +123,27 @@ class HFReader:
         raise KeyError(name)
 
     def get(self, name: str) -> torch.Tensor:
-        """The tensor (a fresh CPU copy); KeyError when the checkpoint has no such tensor."""
-        from safetensors import safe_open
+        """The tensor, read into fresh memory; KeyError when the checkpoint has no such tensor.
 
+        Plain positioned reads, no mmap: a mapped file's touched pages would stay in this
+        process's RSS until unmapped, doubling the apparent footprint of a conversion rank.
+        """
         key = disk_name(name)
         if key not in self.infos:
             raise KeyError(name)
         info = self.infos[key]
+        start, end = self._span[key]
         handle = self._handles.get(info.file)
         if handle is None:
-            handle = self._handles[info.file] = safe_open(str(info.file), "pt")
-        t = handle.get_tensor(self._raw[key])
-        self.bytes_read += t.numel() * t.element_size()
+            handle = self._handles[info.file] = open(info.file, "rb")
+        buf = bytearray(end - start)
+        handle.seek(start)
+        if handle.readinto(buf) != len(buf):
+            raise ConversionError(f"short read of {key} from {info.file}")
+        t = torch.frombuffer(buf, dtype=info.dtype) if buf else torch.empty(0, dtype=info.dtype)
+        self.bytes_read += len(buf)
         self.tensors_read += 1
-        return t
+        return t.reshape(info.shape)
 
     __call__ = get
 
@@ -144,6 +154,8 @@ class HFReader:
         return max(p.stat().st_size for p in {i.file for i in self.infos.values()})
 
     def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
         self._handles.clear()
 
 
@@ -162,58 +174,85 @@ def _nbytes(shape, dtype) -> int:
     return TensorInfo(Path(), tuple(shape), dtype).nbytes
 
 
-class ShardedWriter:
-    """Writes planned tensors into ``model-0000k-of-0000n.safetensors`` files + the index.
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
-    ``plan``: ``(name, shape, dtype)`` in the order :meth:`add` will receive them. A shard closes
-    once it reaches ``max_shard_bytes`` (a single larger tensor gets a shard of its own).
+
+class ShardedWriter:
+    """Writes planned tensors straight into ``model-0000k-of-0000n.safetensors`` files + the index.
+
+    ``plan``: ``(name, shape, dtype)`` of every tensor. Shard files (cut at ``max_shard_bytes``;
+    a single larger tensor gets a file of its own) and every tensor's byte offset are fixed up
+    front, so headers are written first and each tensor goes to its place on disk the moment
+    it arrives, in any order: nothing is buffered beyond the tensor being written.
     """
 
     def __init__(self, out_dir: Path, plan: Iterable[tuple[str, tuple, torch.dtype]], max_shard_bytes: int):
         self.out = Path(out_dir)
-        self.shards: list[list[str]] = [[]]
+        shards: list[list[tuple[str, tuple, torch.dtype]]] = [[]]
         size = 0
-        self.expected: dict[str, tuple[tuple, torch.dtype]] = {}
         for name, shape, dtype in plan:
-            if name in self.expected:
-                raise ConversionError(f"HF tensor {name} would be written twice")
             n = _nbytes(shape, dtype)
-            if self.shards[-1] and size + n > max_shard_bytes:
-                self.shards.append([])
+            if shards[-1] and size + n > max_shard_bytes:
+                shards.append([])
                 size = 0
-            self.shards[-1].append(name)
+            shards[-1].append((name, tuple(shape), dtype))
             size += n
-            self.expected[name] = (tuple(shape), dtype)
-        count = len(self.shards)
-        self.files = [SINGLE] if count == 1 else [
-            f"model-{k + 1:05d}-of-{count:05d}.safetensors" for k in range(count)
-        ]
-        self.file_of = {n: self.files[k] for k, names in enumerate(self.shards) for n in names}
-        self._pending: dict[int, dict[str, torch.Tensor]] = {}
-        self.total_size = sum(_nbytes(*v) for v in self.expected.values())
-        self.largest_shard_bytes = max(sum(_nbytes(*self.expected[n]) for n in s) for s in self.shards)
+        count = len(shards)
+        self.files = [SINGLE] if count == 1 else [f"model-{k + 1:05d}-of-{count:05d}.safetensors" for k in range(count)]
+        self.slots: dict[str, tuple[Path, int, tuple, torch.dtype]] = {}  # name -> file, offset, shape, dtype
+        self.file_of: dict[str, str] = {}
+        self.shard_bytes = []
+        for fname, entries in zip(self.files, shards):
+            header, offset = {"__metadata__": {"format": "pt"}}, 0
+            for name, shape, dtype in entries:
+                if name in header:
+                    raise ConversionError(f"HF tensor {name} would be written twice")
+                n = _nbytes(shape, dtype)
+                header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+                self.file_of[name] = fname
+                self.slots[name] = (self.out / fname, offset, shape, dtype)
+                offset += n
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+            with open(self.out / fname, "wb") as f:
+                f.write(struct.pack("<Q", len(raw)) + raw)
+                f.truncate(8 + len(raw) + offset)
+            base = 8 + len(raw)
+            for name, _, _ in entries:
+                path, off, shape, dtype = self.slots[name]
+                self.slots[name] = (path, base + off, shape, dtype)
+            self.shard_bytes.append(offset)
+        self.total_size = sum(self.shard_bytes)
+        self.largest_shard_bytes = max(self.shard_bytes)
+        self._done: set[str] = set()
+        self._fds: dict[Path, int] = {}
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Buffer one tensor; writes its shard when complete."""
-        from safetensors.torch import save_file
-
-        if name not in self.expected:
+        """Write one tensor at its planned place."""
+        if name not in self.slots:
             raise ConversionError(f"unplanned HF tensor {name}")
-        shape, dtype = self.expected[name]
+        path, offset, shape, dtype = self.slots[name]
         if tuple(tensor.shape) != shape or tensor.dtype != dtype:
             raise ConversionError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, planned {shape} {dtype}")
-        k = self.files.index(self.file_of[name])
-        buf = self._pending.setdefault(k, {})
-        buf[name] = tensor.contiguous()
-        if len(buf) == len(self.shards[k]):
-            save_file(buf, str(self.out / self.files[k]), metadata={"format": "pt"})
-            self._pending.pop(k)
+        if name in self._done:
+            raise ConversionError(f"HF tensor {name} produced twice")
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_WRONLY)
+        data = memoryview(tensor.detach().contiguous().view(torch.uint8).reshape(-1).numpy())
+        while data:
+            written = os.pwrite(fd, data, offset)
+            data, offset = data[written:], offset + written
+        self._done.add(name)
 
     def finish(self) -> None:
-        """Check every planned tensor arrived; write the index (sharded output only)."""
-        if self._pending:
-            missing = [n for k in self._pending for n in self.shards[k] if n not in self._pending[k]]
-            raise ConversionError(f"{len(missing)} planned HF tensors were never produced: {missing[:8]}")
+        """Check every planned tensor arrived; close files; write the index (sharded output only)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        missing = set(self.slots) - self._done
+        if missing:
+            raise ConversionError(f"{len(missing)} planned HF tensors were never produced: {name_list(missing)}")
         if len(self.files) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.file_of.items()))}
             (self.out / INDEX).write_text(json.dumps(index, indent=2) + "\n")

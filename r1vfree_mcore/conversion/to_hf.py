@@ -120,8 +120,6 @@ def _stream(ckpt: Path, hf_config, out: Path, max_shard: int, dtype, progress: b
         for name, t in hf.items():
             if dtype is not None:
                 t = t.to(dtype)
-            if t.untyped_storage().nbytes() != t.numel() * t.element_size():
-                t = t.clone()  # a view (vocab rows without padding): write only its bytes
             writer.add(name, t)
             written += t.numel() * t.element_size()
             bar.update(t.numel() * t.element_size())

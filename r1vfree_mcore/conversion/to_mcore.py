@@ -8,10 +8,12 @@ rank is about its shard plus the largest HF tensor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -87,22 +89,20 @@ def _fast_write_results_queue() -> None:
         filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
 
 
-def _rank_main(rank, world, counters, hf_dir, dist_dir, tp, pp, split, dtype_name):
-    """One TP x PP rank: build, check, fill and save its stage. Returns stats for the parent."""
+def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_name: str) -> dict:
+    """This rank's part of one conversion: build, check, fill and save its stage."""
     from megatron.core import dist_checkpointing
 
     from r1vfree_mcore.conversion.dist_io import load_hf_config
-    from r1vfree_mcore.conversion.stage import _materialize, build_empty_stage, stage_sharded_state_dict
+    from r1vfree_mcore.conversion.stage import build_empty_stage, materialize
     from r1vfree_mcore.models.common.weight_loading import load_hf_state_dict
-    from r1vfree_mcore.parallel.state import initialize_parallel
 
+    t0 = time.perf_counter()
     hf_config = load_hf_config(hf_dir)
-    parallel = ParallelConfig(tp, pp, split)
-    initialize_parallel(parallel)
     reader = HFReader(hf_dir)
     model = build_empty_stage(hf_config, parallel, DTYPES[dtype_name], materialize=False)
     _check_shapes(model, reader, hf_config)
-    _materialize(model)
+    materialize(model)
 
     def get(name):
         t = reader.get(name)
@@ -111,37 +111,36 @@ def _rank_main(rank, world, counters, hf_dir, dist_dir, tp, pp, split, dtype_nam
             counters[1] += 1
         return t
 
+    t1 = time.perf_counter()
     load_hf_state_dict(model, get, hf_config)
     reader.close()
-    with counters.get_lock():
-        counters[2] += 1  # loaded; now saving
+    t2 = time.perf_counter()
     _fast_write_results_queue()
-    dist_checkpointing.save({"model": stage_sharded_state_dict(model)}, str(dist_dir))
+    dist_checkpointing.save({"model": model.sharded_state_dict()}, str(dist_dir))
     return {
+        "seconds": {"build": t1 - t0, "load": t2 - t1, "save": time.perf_counter() - t2},
         "padded_vocab_size": model.padded_vocab_size,
-        "num_params": sum(1 for _ in model.parameters()),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
 
-def hf_to_mcore(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1,
-                pp_layer_split: tuple[int, ...] | None = None, dtype: str = "auto",
-                verify: bool = False, force: bool = False, progress: bool = True) -> dict:
-    """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint to a Megatron dist checkpoint at ``out``.
+def _rank_main(rank, world, counters, jobs, tp, pp, split):
+    """One TP x PP rank: every job in turn (one process start-up for many checkpoints)."""
+    from r1vfree_mcore.parallel.state import initialize_parallel
 
-    Spawns ``tp * pp`` gloo CPU processes. ``dtype``: 'auto' (the HF checkpoint's), 'fp32',
-    'bf16' or 'fp16'. Returns a summary dict (times, bytes, peak RSS per rank, and
-    ``max_abs_logit_diff`` when ``verify``). Raises :class:`ConversionError` on bad input.
-    """
+    parallel = ParallelConfig(tp, pp, split)
+    initialize_parallel(parallel)
+    stats = [_convert_one(counters, hf_dir, dist_dir, parallel, dtype) for hf_dir, dist_dir, dtype in jobs]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return [dict(s, peak_rss_bytes=peak) for s in stats]
+
+
+def _prepare(hf_dir: Path, parallel: ParallelConfig, dtype: str):
+    """Checks that need no worker: config, layout, tensor names, truncation; resolves dtype."""
     from r1vfree_mcore.conversion.dist_io import load_hf_config
-    from r1vfree_mcore.models.common.hf_config import family_of, text_config, tied_embeddings
     from r1vfree_mcore.models.common.vlm import validate
 
-    hf_dir, out = Path(hf_dir), Path(out)
-    check_output(out.absolute(), force)
     hf_config = load_hf_config(hf_dir)
     try:
-        parallel = ParallelConfig(tp, pp, tuple(pp_layer_split) if pp_layer_split else None)
         validate(hf_config, parallel)
     except ValueError as exc:
         raise ConversionError(str(exc)) from None
@@ -150,33 +149,78 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1
     dtype = source_dtype(hf_config, reader) if dtype == "auto" else dtype
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be auto, {', '.join(DTYPES)}; got {dtype!r}")
-    total = sum(reader.info(n).nbytes for n in reader.names())
+    return hf_config, reader, dtype
+
+
+def _finish(tmp: Path, hf_dir: Path, hf_config, reader: HFReader, parallel: ParallelConfig, dtype: str,
+            padded_vocab: int) -> None:
+    from r1vfree_mcore.models.common.hf_config import family_of, text_config, tied_embeddings
+
+    copy_metadata_files(hf_dir, tmp / md.HF_META)
+    md.ConversionInfo(
+        family=family_of(hf_config), tp=parallel.tp, pp=parallel.pp, dtype=dtype,
+        vocab_size=text_config(hf_config).vocab_size, padded_vocab_size=padded_vocab,
+        tied_embeddings=tied_embeddings(hf_config), num_tensors=len(reader.names()), source=str(hf_dir.absolute()),
+    ).write(tmp)
+    (tmp / md.TRAIN_STATE).write_text(json.dumps(md.initial_train_state(str(hf_dir.absolute())), indent=1))
+
+
+def hf_to_mcore_many(jobs: Sequence[tuple[str | Path, str | Path]], *, tp: int = 1, pp: int = 1,
+                     pp_layer_split: tuple[int, ...] | None = None, dtype: str = "auto",
+                     verify: bool = False, force: bool = False, progress: bool = True) -> list[dict]:
+    """Convert several HF checkpoints ``(hf_dir, out)`` with one set of ``tp * pp`` rank processes.
+
+    Every input is checked before any rank starts; outputs appear together at the end (each
+    atomically). Returns one summary per job, as :func:`hf_to_mcore`.
+    """
+    parallel = ParallelConfig(tp, pp, tuple(pp_layer_split) if pp_layer_split else None)
+    jobs = [(Path(h), Path(o)) for h, o in jobs]
+    for _, out in jobs:
+        check_output(out.absolute(), force)
+    prepared = [_prepare(hf_dir, parallel, dtype) for hf_dir, _ in jobs]
+    total = sum(r.total_bytes() for _, r, _ in prepared)
     t0 = time.perf_counter()
-    with atomic_output(out, force) as tmp:
-        # Every TP rank of a stage reads the full HF tensors of that stage: tp x the checkpoint.
-        bar = Progress("hf-to-mcore", total * tp, len(reader.names()) * tp, enabled=progress)
-        (tmp / md.DIST).mkdir()
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_output(out, force)) for _, out in jobs]
+        for tmp in tmps:
+            (tmp / md.DIST).mkdir()
+        # Every TP rank of a stage reads the full HF tensors of that stage: tp x the checkpoints.
+        bar = Progress("hf-to-mcore", total * tp, sum(len(r.names()) for _, r, _ in prepared) * tp, enabled=progress)
+        rank_jobs = [(str(h), str(t / md.DIST), d) for (h, _), t, (_, _, d) in zip(jobs, tmps, prepared)]
         try:
-            stats = spawn_ranks(_rank_main, tp * pp, str(hf_dir), str(tmp / md.DIST), tp, pp,
-                                parallel.pp_layer_split, dtype, on_poll=bar.update_from)
+            stats = spawn_ranks(_rank_main, tp * pp, rank_jobs, tp, pp, parallel.pp_layer_split,
+                                on_poll=bar.update_from)
         except RankFailure as exc:
-            bar.close()
             if "ConversionError" in exc.first_line or "ValueError" in exc.first_line:
                 raise ConversionError(exc.first_line.split(": ", 2)[-1]) from None
             raise
-        bar.close()
-        copy_metadata_files(hf_dir, tmp / md.HF_META)
-        tc = text_config(hf_config)
-        md.ConversionInfo(
-            family=family_of(hf_config), tp=tp, pp=pp, dtype=dtype, vocab_size=tc.vocab_size,
-            padded_vocab_size=stats[0]["padded_vocab_size"], tied_embeddings=tied_embeddings(hf_config),
-            num_tensors=len(reader.names()), source=str(hf_dir.absolute()),
-        ).write(tmp)
-        (tmp / md.TRAIN_STATE).write_text(json.dumps(md.initial_train_state(str(hf_dir.absolute())), indent=1))
-    summary = {"seconds": time.perf_counter() - t0, "bytes": total,
-               "peak_rss_bytes_per_rank": [s["peak_rss_bytes"] for s in stats]}
-    if verify:
-        from r1vfree_mcore.conversion.verify import verify_pair
+        finally:
+            bar.close()
+        for k, ((hf_dir, _), tmp, (hf_config, reader, dt)) in enumerate(zip(jobs, tmps, prepared)):
+            _finish(tmp, hf_dir, hf_config, reader, parallel, dt, stats[0][k]["padded_vocab_size"])
+    seconds = time.perf_counter() - t0
+    summaries = []
+    for k, ((hf_dir, out), (_, reader, dt)) in enumerate(zip(jobs, prepared)):
+        summary = {"seconds": seconds, "bytes": reader.total_bytes(),
+                   "peak_rss_bytes_per_rank": [s[k]["peak_rss_bytes"] for s in stats],
+                   "rank0_seconds": {n: round(v, 3) for n, v in stats[0][k]["seconds"].items()}}
+        if verify:
+            from r1vfree_mcore.conversion.verify import verify_pair
 
-        summary["max_abs_logit_diff"] = verify_pair(hf_dir, out, dtype)
-    return summary
+            summary["max_abs_logit_diff"] = verify_pair(hf_dir, out, dt)
+        summaries.append(summary)
+    return summaries
+
+
+def hf_to_mcore(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1,
+                pp_layer_split: tuple[int, ...] | None = None, dtype: str = "auto",
+                verify: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint to a Megatron dist checkpoint at ``out``.
+
+    Spawns ``tp * pp`` gloo CPU processes. ``dtype``: 'auto' (the HF checkpoint's), 'fp32',
+    'bf16' or 'fp16'. Returns a summary dict (seconds, bytes, peak RSS per rank, rank-0 phase
+    times, and ``max_abs_logit_diff`` when ``verify``). Raises :class:`ConversionError` on bad
+    input (output left untouched).
+    """
+    return hf_to_mcore_many([(hf_dir, out)], tp=tp, pp=pp, pp_layer_split=pp_layer_split, dtype=dtype,
+                            verify=verify, force=force, progress=progress)[0]

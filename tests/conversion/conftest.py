@@ -56,3 +56,18 @@ def assert_bit_exact(src: Path, dst: Path) -> None:
     assert set(a) == set(b), (sorted(set(a) - set(b)), sorted(set(b) - set(a)))
     bad = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not bad, f"{len(bad)} tensors differ: {bad[:5]}"
+
+
+TP2PP2_CASES = [("qwen2_vl", False), ("qwen2_vl", True), ("qwen2_5_vl", False), ("qwen2_5_vl", True)]
+
+
+@pytest.fixture(scope="session")
+def tp2pp2(tiny, tmp_path_factory):
+    """Every family x tied checkpoint converted at TP=2/PP=2 by one set of 4 rank processes:
+    ``{(family, tied): (hf_dir, mcore_dir, summary)}``."""
+    from r1vfree_mcore.conversion.to_mcore import hf_to_mcore_many
+
+    root = tmp_path_factory.mktemp("tp2pp2")
+    jobs = [(tiny(f, t), root / f"{f}_{t}") for f, t in TP2PP2_CASES]
+    summaries = hf_to_mcore_many(jobs, tp=2, pp=2, progress=False)
+    return {case: (src, out, s) for case, (src, out), s in zip(TP2PP2_CASES, jobs, summaries)}

@@ -1,4 +1,5 @@
-"""HF -> Megatron (TP x PP ranks) -> HF is bit-exact for both families, tied and untied."""
+"""HF -> Megatron (TP x PP ranks) -> HF is bit-exact for both families, tied and untied,
+at TP in {1, 2, 4} and PP in {1, 2}; the CLI's --verify passes in both directions."""
 
 from __future__ import annotations
 
@@ -6,37 +7,62 @@ import json
 
 import pytest
 
-from conftest import assert_bit_exact, hf_tensors
+from conftest import TP2PP2_CASES, assert_bit_exact, hf_tensors
 
 from r1vfree_mcore.conversion import hf_to_mcore, mcore_to_hf
-
-CASES = [
-    pytest.param("qwen2_vl", False, 2, 2, id="qwen2_vl-untied-tp2pp2"),
-    pytest.param("qwen2_vl", True, 2, 2, id="qwen2_vl-tied-tp2pp2"),
-    pytest.param("qwen2_5_vl", False, 2, 2, id="qwen2_5_vl-untied-tp2pp2"),
-    pytest.param("qwen2_5_vl", True, 2, 2, id="qwen2_5_vl-tied-tp2pp2"),
-    pytest.param("qwen2_vl", False, 4, 1, id="qwen2_vl-untied-tp4pp1"),
-    pytest.param("qwen2_5_vl", True, 1, 1, id="qwen2_5_vl-tied-tp1pp1"),
-]
+from r1vfree_mcore.conversion.cli import main as cli_main
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family,tied,tp,pp", CASES)
-def test_roundtrip_bit_exact(tiny, tmp_path, family, tied, tp, pp):
-    src = tiny(family, tied)
-    mc, back = tmp_path / "mcore", tmp_path / "hf"
-    summary = hf_to_mcore(src, mc, tp=tp, pp=pp, progress=False)
-    assert len(summary["peak_rss_bytes_per_rank"]) == tp * pp
+def _check_mcore_dir(mc, tp, pp, tied):
     info = json.loads((mc / "conversion.json").read_text())
     assert (info["tp"], info["pp"], info["tied_embeddings"], info["vocab_size"]) == (tp, pp, tied, 300)
-    assert info["padded_vocab_size"] == (384 if tp == 1 else 512)
+    assert info["padded_vocab_size"] == (384 if tp == 1 else 512)  # 128 x TP multiple
     assert json.loads((mc / "train_state.json").read_text())["step"] == 0
+    assert (mc / "hf" / "config.json").is_file() and (mc / "dist" / "metadata.json").is_file()
 
-    mcore_to_hf(mc, back, max_shard_size="200KB", progress=False)
+
+def _check_hf_dir(src, back, tied):
     assert_bit_exact(src, back)
-    assert "lm_head.weight" not in hf_tensors(back) if tied else "lm_head.weight" in hf_tensors(back)
-    index = json.loads((back / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) > 1  # sharded at 200KB
+    assert ("lm_head.weight" in hf_tensors(back)) is not tied  # tied: no duplicate lm_head
     for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "chat_template.jinja", "processor_config.json"):
         assert (back / f).is_file(), f
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,tied", TP2PP2_CASES, ids=[f"{f}-{'tied' if t else 'untied'}" for f, t in TP2PP2_CASES])
+def test_roundtrip_tp2_pp2(tp2pp2, tmp_path, family, tied):
+    src, mc, summary = tp2pp2[(family, tied)]
+    assert len(summary["peak_rss_bytes_per_rank"]) == 4
+    _check_mcore_dir(mc, 2, 2, tied)
+    back = tmp_path / "hf"
+    mcore_to_hf(mc, back, max_shard_size="200KB", progress=False)
+    index = json.loads((back / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # sharded at 200KB
+    _check_hf_dir(src, back, tied)
+
+
+@pytest.mark.slow
+def test_roundtrip_tp4_pp1(tiny, tmp_path):
+    src = tiny("qwen2_vl", False)
+    mc, back = tmp_path / "mcore", tmp_path / "hf"
+    hf_to_mcore(src, mc, tp=4, pp=1, progress=False)
+    _check_mcore_dir(mc, 4, 1, False)
+    mcore_to_hf(mc, back, progress=False)
+    _check_hf_dir(src, back, False)
+
+
+@pytest.mark.slow
+def test_cli_roundtrip_tp1_pp1_with_verify(tiny, tmp_path, capsys):
+    src = tiny("qwen2_5_vl", True)
+    mc, back = tmp_path / "mcore", tmp_path / "hf"
+    assert cli_main(["hf-to-mcore", "--hf-dir", str(src), "--out", str(mc), "--tp", "1", "--pp", "1",
+                     "--verify", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("max_abs_logit_diff=")[1].split()[0]) < 1e-4
+    _check_mcore_dir(mc, 1, 1, True)
+    assert cli_main(["mcore-to-hf", "--mcore-dir", str(mc), "--out", str(back), "--verify", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert float(out.split("max_abs_logit_diff=")[1].split()[0]) < 1e-4
+    assert (back / "model.safetensors").is_file()  # below 2GB: one file, no index
+    _check_hf_dir(src, back, True)

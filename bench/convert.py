@@ -1,0 +1,161 @@
+"""Benchmark: HF <-> Megatron conversion of a >= 1 GB synthetic Qwen2.5-VL checkpoint vs a plain copy.
+
+Writes a random bf16 checkpoint with Qwen2.5-VL shapes (decoder hidden 1536, real 151,936
+vocab, vision hidden 1280) in a few safetensors shards, then times in one run:
+
+* ``copy``: copying the same safetensors files (the physical limit: read + write every byte);
+* ``hf-to-mcore`` and ``mcore-to-hf``: the ``r1vfree-convert`` CLI in a subprocess, wall time
+  end to end (interpreter start and imports included) and the library's own time (excluded).
+
+Peak RSS is the largest sum of PSS (proportional set size: RSS with shared pages split between
+the processes sharing them, so forked writers are not counted twice) over the CLI process and
+all its children, polled every 100 ms with psutil. It is compared with the unit each direction must hold by design: for
+hf-to-mcore the largest per-rank Megatron shard (at TP=1 the whole model: dist_checkpointing
+saves a rank's tensors together), for mcore-to-hf the largest safetensors file written.
+
+    python bench/convert.py [--workdir DIR] [--layers 8] [--tp 1] [--pp 1] [--max-shard-size 2GB]
+
+Last line: ``{"bench": "convert", "time_vs_copy": x, "peak_rss_vs_largest_shard": y}`` (worse of
+the two directions; time on end-to-end wall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+GB = 1024**3
+
+
+def write_synthetic(out: Path, layers: int, vision_depth: int, shard_bytes: int) -> Path:
+    """Random bf16 Qwen2.5-VL checkpoint: tiny tokenizer/processor files, realistic tensor shapes."""
+    from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig
+
+    from r1vfree_mcore.conversion.hf_io import ShardedWriter, disk_name
+    from r1vfree_mcore.testing.tiny import write_tiny_checkpoint
+
+    write_tiny_checkpoint(out, family="qwen2_5_vl", num_layers=1, vision_depth=1)
+    small = json.loads((out / "config.json").read_text())
+    small["text_config"].pop("layer_types", None)  # derived from the layer count
+    text = dict(small["text_config"], vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                num_hidden_layers=layers, num_attention_heads=12, num_key_value_heads=2,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+    vision = dict(small["vision_config"], depth=vision_depth, hidden_size=1280, intermediate_size=3420,
+                  num_heads=16, out_hidden_size=1536, window_size=112, fullatt_block_indexes=[vision_depth - 1])
+    keep = {k: small[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **keep)
+    cfg.dtype = "bfloat16"
+    for f in out.glob("*.safetensors"):
+        f.unlink()
+    cfg.save_pretrained(out)
+    with torch.device("meta"):
+        shapes = {disk_name(n): tuple(t.shape) for n, t in AutoModelForImageTextToText.from_config(cfg).state_dict().items()}
+    plan = [(n, s, torch.bfloat16) for n, s in sorted(shapes.items())]
+    writer = ShardedWriter(out, plan, shard_bytes)
+    gen = torch.Generator().manual_seed(0)
+    for name, shape, dtype in plan:
+        writer.add(name, (torch.randn(shape, generator=gen) * 0.02).to(dtype))
+    writer.finish()
+    return out
+
+
+def files_bytes(d: Path, pattern: str = "*") -> tuple[int, int]:
+    """(total bytes, largest file bytes) of files matching ``pattern`` under ``d`` (recursive)."""
+    sizes = [p.stat().st_size for p in d.rglob(pattern) if p.is_file()]
+    return sum(sizes), max(sizes)
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS of the process tree in bytes, stdout) of a command."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [ps, *ps.children(recursive=True)]
+            # PSS: forked writer processes share pages with their parent; RSS would count them twice.
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass  # a child exited between listing and reading
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-4000:]}")
+    return wall, peak, out
+
+
+def copy_files(src: Path, dst: Path) -> float:
+    t0 = time.perf_counter()
+    dst.mkdir()
+    for f in sorted(src.glob("*.safetensors")):
+        shutil.copyfile(f, dst / f.name)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--vision-depth", type=int, default=4)
+    p.add_argument("--input-shard-size", type=int, default=512 * 1024**2)
+    p.add_argument("--max-shard-size", default="2GB")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    a = p.parse_args(argv)
+    root = Path(a.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
+    root.mkdir(parents=True, exist_ok=True)
+    src, mc, back, cp = root / "hf", root / "mcore", root / "hf_back", root / "copy"
+    for d in (mc, back, cp):
+        shutil.rmtree(d, ignore_errors=True)
+    if not (src / "model.safetensors.index.json").is_file():
+        shutil.rmtree(src, ignore_errors=True)
+        write_synthetic(src, a.layers, a.vision_depth, a.input_shard_size)
+    size, largest_in = files_bytes(src, "*.safetensors")
+    print(f"checkpoint: {size / GB:.2f} GiB in {len(list(src.glob('*.safetensors')))} shards "
+          f"(largest {largest_in / GB:.2f} GiB)", flush=True)
+
+    t_copy = copy_files(src, cp)
+    cli = [sys.executable, "-m", "r1vfree_mcore.conversion.cli"]
+    w1, rss1, out1 = run_measured(cli + ["hf-to-mcore", "--hf-dir", str(src), "--out", str(mc), "--tp", str(a.tp),
+                                         "--pp", str(a.pp), "--quiet"])
+    s1 = json.loads(out1.strip().splitlines()[-1])
+    # bf16 shard of a rank; at TP=1/PP=1 the whole model.
+    rank_shard = size / (a.tp * a.pp)
+    w2, rss2, out2 = run_measured(cli + ["mcore-to-hf", "--mcore-dir", str(mc), "--out", str(back),
+                                         "--max-shard-size", a.max_shard_size, "--quiet"])
+    s2 = json.loads(out2.strip().splitlines()[-1])
+    _, largest_out = files_bytes(back, "*.safetensors")
+    t_copy2 = copy_files(src, root / "copy2")  # copy again: the machine is shared, take the faster
+    t_copy = min(t_copy, t_copy2)
+    shutil.rmtree(root / "copy2", ignore_errors=True)
+
+    rows = [
+        ("copy", t_copy, t_copy, None, None),
+        (f"hf-to-mcore tp={a.tp} pp={a.pp}", w1, s1["seconds"], rss1, rank_shard),
+        ("mcore-to-hf", w2, s2["seconds"], rss2, largest_out),
+    ]
+    print(f"{'step':<24}{'wall s':>8}{'lib s':>8}{'GB/s wall':>11}{'GB/s lib':>10}{'x copy':>8}"
+          f"{'peak RSS GiB':>14}{'shard GiB':>11}{'RSS/shard':>10}")
+    for name, wall, lib, rss, shard in rows:
+        print(f"{name:<24}{wall:8.2f}{lib:8.2f}{size / 1e9 / wall:11.2f}{size / 1e9 / lib:10.2f}{wall / t_copy:8.1f}"
+              + (f"{rss / GB:14.2f}{shard / GB:11.2f}{rss / shard:10.2f}" if rss else ""))
+    time_vs_copy = max(w1, w2) / t_copy
+    rss_ratio = max(rss1 / rank_shard, rss2 / largest_out)
+    print(json.dumps({"bench": "convert", "time_vs_copy": round(time_vs_copy, 2),
+                      "peak_rss_vs_largest_shard": round(rss_ratio, 2)}))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
