@@ -2,9 +2,9 @@
 
 Both steppers run the policy through :func:`run_microbatches` (forward only), so PP is handled by
 megatron's schedule, and return the last position's real-vocab logits ``[N, vocab]`` (fp32,
-gathered over TP) on the last pipeline stage, None elsewhere. ``prefill()`` gives the logits
-after the prompt; ``step(tokens, alive)`` appends one token per row (``alive`` False for rows
-that already finished: their new key is masked) and gives the next logits.
+gathered over TP, on the CPU) on the last pipeline stage, None elsewhere. ``prefill()`` gives
+the logits after the prompt; ``step(tokens, alive)`` appends one token per row (``alive`` False
+for rows that already finished: their new key is masked) and gives the next logits.
 
 :class:`CachedSteps` runs the vision tower and the prompt once, then one token per step; the
 new token's mrope position continues each row's prompt (``max(prompt positions) + 1 + t`` on all
@@ -46,7 +46,8 @@ def _last_logits(model, mb: dict, vocab: int, gathered: bool) -> torch.Tensor | 
     def loss_fn(_mb, output):
         last = output[:, -1, :].float()
         full = last if gathered else gather_tp_last_dim(last)
-        return output.new_zeros(()), {"logits": full[:, :vocab]}
+        # Sampling happens on the CPU (one seeded torch.Generator, the same draws on any device).
+        return output.new_zeros(()), {"logits": full[:, :vocab].cpu()}
 
     out = run_microbatches(model, [mb], _forward, loss_fn, forward_only=True)
     return out[0]["logits"] if out else None
@@ -68,8 +69,8 @@ class RecomputeSteps:
         return self._run()
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor | None:
-        self.ids = torch.cat([self.ids, tokens[:, None]], 1)
-        self.mask = torch.cat([self.mask, alive[:, None].to(self.mask.dtype)], 1)
+        self.ids = torch.cat([self.ids, tokens[:, None].to(self.ids.device)], 1)
+        self.mask = torch.cat([self.mask, alive[:, None].to(self.mask)], 1)
         return self._run()
 
 
@@ -105,5 +106,5 @@ class CachedSteps:
         pos = self.next_position.to(self.positions.dtype)
         self.next_position = self.next_position + 1
         self.positions = torch.cat([self.positions, pos.view(1, -1, 1).expand(3, -1, 1)], 2)
-        self.mask = torch.cat([self.mask, alive[:, None].to(self.mask.dtype)], 1)
-        return self._run({"input_ids": tokens[:, None]})
+        self.mask = torch.cat([self.mask, alive[:, None].to(self.mask)], 1)
+        return self._run({"input_ids": tokens[:, None].to(self.prompts.input_ids.device)})
