@@ -264,6 +264,7 @@ def run(smoke: bool) -> dict:
         ref = hf(**hf_in).logits.float()
     row("memory", "HF bf16 reference: build + forward", "", peak_gib())
     specs = ["local"] + (["transformer_engine"] if te else [])
+    outs = {}
     for spec in specs:
         reset_peak()
         model = build(cfg, state, spec, torch.bfloat16)
@@ -273,6 +274,7 @@ def run(smoke: bool) -> dict:
             pk = pack_sequences(cb["input_ids"], cb["attention_mask"], cb["image_grid_thw"], cfg, pad_to_multiple=16)
             packed = unpack(model(pixel_values=cb["pixel_values"], **pk.model_kwargs())[..., :vocab].float(), pk.index)
         key = "te" if spec == "transformer_engine" else "local"
+        outs[key] = out[real]
         res[f"logit_rel_err_bf16_{key}"] = round(err, 5)
         res[f"packed_vs_padded_rel_err_{key}"] = round(rel_err(packed[real], out[real]), 5)
         row("correctness", f"{spec}: Megatron vs HF logits, bf16 (rel err)", f"{err:.2e}", peak_gib())
@@ -281,6 +283,10 @@ def run(smoke: bool) -> dict:
         del model, out, packed
         gc.collect()
     best = specs[-1]
+    if te:
+        res["te_vs_local_rel_err"] = round(rel_err(outs["te"], outs["local"]), 5)
+        row("correctness", "TE spec vs local spec logits, bf16 (rel err)", f"{res['te_vs_local_rel_err']:.2e}")
+    del outs
     res["logit_rel_err_bf16"] = res["logit_rel_err_bf16_te" if te else "logit_rel_err_bf16_local"]
     res["rollout_tokens_per_s"] = max((v for k, v in res.items() if k.startswith("rollout_tokens_per_s_") and v),
                                       default=None)
