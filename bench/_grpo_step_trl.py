@@ -1,7 +1,7 @@
 """TRL side of bench/grpo_step.py: N GRPO steps of trl's GRPOTrainer on CPU, fp32.
 
 Run by bench/grpo_step.py with a Python that has trl (a separate virtualenv; see grpo_step.py).
-Writes ``{"step_s": [...], "completion_length": [...], ...}`` to ``--out``.
+Writes ``{"step_s": [...], "cpu_s": [...], "completion_length": [...], ...}`` to ``--out``.
 Step time = callback ``on_step_begin`` -> ``on_step_end``: generation, rewards, reference
 log-probs, loss, backward and the optimizer step (the dataloader's fetch and the logging that
 follow/precede it are outside, as our trainer's data fetch is inside and its logging outside).
@@ -48,13 +48,15 @@ def main(argv=None) -> int:
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.times: list[float] = []
-            self._t0 = 0.0
+            self.cpu: list[float] = []
+            self._t0 = self._c0 = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self._t0)
+            self.cpu.append(time.process_time() - self._c0)  # process CPU s, all threads
 
     n = a.prompts * a.generations
     cfg = GRPOConfig(
@@ -97,6 +99,7 @@ def main(argv=None) -> int:
     hist = [h for h in trainer.state.log_history if "reward" in h]
     out = {
         "step_s": timer.times,
+        "cpu_s": timer.cpu,
         "completion_length": [h.get("completions/mean_length", float("nan")) for h in hist],
         "reward": [h.get("reward", float("nan")) for h in hist],
         "torch_threads": torch.get_num_threads(),

@@ -15,11 +15,13 @@ Each framework runs ``--steps`` steps in its own subprocess (``OMP_NUM_THREADS=-
 ``--rounds`` times, alternating which side goes first (the machine this was written on is a shared
 2-core VM whose speed drifts 2-3x between minutes); each run's first ``--warmup`` steps are
 dropped and the median (and min) of the pooled remaining steps is reported, with each round's
-median to show the spread. Peak RSS is the
+median to show the spread. ``cpu_s`` is the process CPU time of a step (median; all threads):
+on a starved VM wall time also measures the scheduler, CPU time measures the work. Peak RSS is the
 kernel's high-water mark of that subprocess (``os.wait4`` rusage ``ru_maxrss``; max over the
 process and its reaped children, not a sum), start-up and imports included.
 
-- Ours: ``python -m r1vfree_mcore.train.cli --config launch/configs/tiny_cpu.yaml`` with overrides;
+- Ours: ``r1vfree-train --config launch/configs/tiny_cpu.yaml`` with overrides, run through
+  bench/_grpo_step_ours.py (which only adds the step's CPU time to the metrics);
   step time = time/rollout + time/logprobs + time/reward_wait + time/train from
   RUN_DIR/metrics.jsonl (data fetch and prompt processing are inside time/rollout; the
   end-of-run checkpoint, time/checkpoint, is excluded).
@@ -143,7 +145,7 @@ def run_ours(a, assets: dict[str, Path], work: Path) -> dict:
     run_dir = work / "ours_run"
     backends = ("[{name: format, weight: 1.0}, "
                 "{name: '_grpo_step_rewards:DiversityBackend', weight: 1.0}]")
-    cmd = [sys.executable, "-m", "r1vfree_mcore.train.cli", "--config", str(CONFIG), "--run-dir", str(run_dir),
+    cmd = [sys.executable, str(BENCH / "_grpo_step_ours.py"), "--config", str(CONFIG), "--run-dir", str(run_dir),
            "--resume", "none", f"model.hf_dir={assets['policy']}", f"data.path={assets['data']}",
            f"data.min_pixels={MIN_PIXELS}", f"data.max_pixels={MAX_PIXELS}",
            f"rollout.num_generations={a.generations}", f"rollout.prompts_per_step={a.prompts}",
@@ -158,6 +160,7 @@ def run_ours(a, assets: dict[str, Path], work: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {
         "step_s": [sum(r[k] for k in OUR_PHASES) for r in rows],
+        "cpu_s": [r["bench/cpu_s"] for r in rows],
         "phases": {k: [r[k] for r in rows] for k in OUR_PHASES + ("time/checkpoint",)},
         "completion_length": [r["completion_length"] for r in rows],
         "rss_mib": rss, "wall_s": wall, "log": str(log),
@@ -187,7 +190,8 @@ def summarize(rounds: list[dict], warmup: int, n_seq: int) -> dict:
         raise ValueError(f"no measured steps: --steps must exceed --warmup ({warmup})")
     med = statistics.median(steps)
     mean_len = statistics.fmean(lens)
-    return {"step_s": med, "min_step_s": min(steps), "steps": len(steps), "completion_length": mean_len,
+    cpu = statistics.median([c for r in rounds for c in r["cpu_s"][warmup:]])
+    return {"step_s": med, "min_step_s": min(steps), "cpu_s": cpu, "steps": len(steps), "completion_length": mean_len,
             "tokens_per_s": n_seq * mean_len / med, "rss_mib": max(r["rss_mib"] for r in rounds),
             "round_medians": [statistics.median(r["step_s"][warmup:]) for r in rounds]}
 
@@ -196,12 +200,12 @@ def print_table(rows: dict[str, dict], a) -> None:
     print(f"\nGRPO step, tiny Qwen2-VL fp32 CPU: G={a.generations} prompts={a.prompts} "
           f"max_completion_length={a.completion_length} threads={a.threads}, {a.rounds} round(s) x "
           f"({a.steps} steps - {a.warmup} warm-up); step_s = median of the pooled measured steps")
-    print(f"| {'trainer':<8} | {'step_s':>7} | {'min_step_s':>10} | {'round medians':<22} | {'completion_len':>14} "
-          f"| {'compl_tok/s':>11} | {'peak_RSS_MiB':>12} |")
-    print(f"|{'-' * 10}|{'-' * 8}:|{'-' * 11}:|{'-' * 24}|{'-' * 15}:|{'-' * 12}:|{'-' * 13}:|")
+    print(f"| {'trainer':<8} | {'step_s':>7} | {'min_step_s':>10} | {'round medians':<22} | {'cpu_s':>6} "
+          f"| {'completion_len':>14} | {'compl_tok/s':>11} | {'peak_RSS_MiB':>12} |")
+    print(f"|{'-' * 10}|{'-' * 8}:|{'-' * 11}:|{'-' * 24}|{'-' * 7}:|{'-' * 15}:|{'-' * 12}:|{'-' * 13}:|")
     for name, s in rows.items():
         rm = " ".join(f"{x:.2f}" for x in s["round_medians"])
-        print(f"| {name:<8} | {s['step_s']:7.3f} | {s['min_step_s']:10.3f} | {rm:<22} | "
+        print(f"| {name:<8} | {s['step_s']:7.3f} | {s['min_step_s']:10.3f} | {rm:<22} | {s['cpu_s']:6.3f} | "
               f"{s['completion_length']:14.1f} | {s['tokens_per_s']:11.1f} | {s['rss_mib']:12.0f} |")
 
 
@@ -258,6 +262,9 @@ def main(argv=None) -> int:
     print("ours, median s per phase: " + ", ".join(f"{k}={v:.3f}" for k, v in phases.items())
           + " (checkpoint is not part of step_s)")
     trl, ours = results.get("trl"), results["ours"]
+    if trl:
+        print(f"ours/trl: wall {ours['step_s'] / trl['step_s']:.3f}, min wall {ours['min_step_s'] / trl['min_step_s']:.3f}, "
+              f"CPU {ours['cpu_s'] / trl['cpu_s']:.3f}, peak RSS {ours['rss_mib'] / trl['rss_mib']:.3f}")
     line = {"bench": "grpo_step",
             "time_ratio_vs_trl": round(ours["step_s"] / trl["step_s"], 4) if trl else None,
             "rss_ratio_vs_trl": round(ours["rss_mib"] / trl["rss_mib"], 4) if trl else None}
