@@ -8,6 +8,7 @@ logits (never gathered over the vocabulary) and stay there: the loss is computed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -24,6 +25,8 @@ class PassConfig:
     temperature: float
     real_vocab_size: int
     micro_batch_size: int
+    # The policy forward on one micro-batch; PrecisionPlan.wrap_forward(model_forward) adds autocast.
+    forward_fn: Callable = model_forward
 
 
 def microbatches(rollout: Rollout, rows: list[int], micro: int, extra: dict | None = None) -> list[dict]:
@@ -76,7 +79,7 @@ def logprob_pass(model, rollout: Rollout, cfg: PassConfig) -> torch.Tensor | Non
 
     was_training = model.training
     model.eval()
-    out = run_microbatches(model, mbs, model_forward, collect, forward_only=True)
+    out = run_microbatches(model, mbs, cfg.forward_fn, collect, forward_only=True)
     model.train(was_training)
     if not out:
         return None
@@ -117,4 +120,4 @@ def train_minibatch(model, rollout: Rollout, rows: list[int], advantages: torch.
         )
         return loss, {k: float(v) for k, v in metrics.items()} | {"loss": float(loss.detach())}
 
-    return run_microbatches(model, mbs, model_forward, loss_fn, forward_only=False)
+    return run_microbatches(model, mbs, cfg.forward_fn, loss_fn, forward_only=False)
