@@ -25,11 +25,13 @@ TE, no timing claims; MFU null) so the script cannot rot (tests/gpu/test_gpu_che
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -206,20 +208,6 @@ def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int, bool
     return n / (time.perf_counter() - t0), n, gen.use_kv_cache
 
 
-def rollout(model, cfg, z: Sizes, device, key: str, row, res) -> None:
-    """Rollout tokens/s into the table and ``res`` (a failure is reported there, not raised)."""
-    reset_peak()
-    try:
-        rtps, n, cached = rollout_tokens_per_s(model, cfg, z, device)
-        res[f"rollout_tokens_per_s_{key}"] = round(rtps, 1)
-        row("speed", f"rollout {key} bf16 ({'KV cache' if cached else 'recompute'}), {n} tokens",
-            f"{rtps:,.1f} tok/s", peak_gib())
-    except Exception as exc:  # the other checks still run; the error is in the table and JSON
-        res[f"rollout_tokens_per_s_{key}"], res[f"rollout_error_{key}"] = None, f"{type(exc).__name__}: {exc}"[:300]
-        row("speed", f"rollout {key} bf16", f"FAILED {type(exc).__name__}", peak_gib())
-        print(f"gpu_check: rollout ({key}) failed: {res[f'rollout_error_{key}']}", file=sys.stderr)
-
-
 def init(smoke: bool):
     from r1vfree_mcore.parallel.state import ParallelConfig, initialize_parallel
     from r1vfree_mcore.testing.distributed import free_port
@@ -228,107 +216,148 @@ def init(smoke: bool):
     initialize_parallel(ParallelConfig())
 
 
-def run(smoke: bool) -> dict:
+class Report:
+    """Table rows, the JSON fields, and the phases that failed (each failure is printed)."""
+
+    def __init__(self, **fields):
+        self.rows, self.res, self.errors = [], dict(fields), {}
+
+    def row(self, section, what, value, mem=None):
+        self.rows.append((section, what, value, mem))
+
+    @contextlib.contextmanager
+    def guard(self, section: str, phase: str):
+        """Run one phase; a failure becomes a FAILED row and ``errors[phase]``, the rest still runs."""
+        try:
+            yield
+        except Exception as exc:
+            traceback.print_exc()
+            self.errors[phase] = f"{type(exc).__name__}: {exc}"[:400]
+            self.row(section, phase, f"FAILED {type(exc).__name__}", peak_gib())
+        finally:
+            gc.collect()
+
+
+def correctness(rep: Report, cfg, z: Sizes, device, specs, state, ref, cb) -> None:
+    """Megatron vs HF, packed vs padded, TE vs local (bf16), and rollout speed per spec."""
+    from r1vfree_mcore.models.common.packing import pack_sequences, unpack
+
+    vocab, real, outs = cfg.text_config.vocab_size, cb["attention_mask"].bool(), {}
+    for spec in specs:
+        key = "te" if spec == "transformer_engine" else "local"
+        model = None  # frees the previous spec's model before building
+        with rep.guard("correctness", f"{spec}: build + logits"):
+            reset_peak()
+            model = build(cfg, state, spec, torch.bfloat16)
+            with torch.no_grad():
+                out = model(**cb)[..., :vocab].float()
+                pk = pack_sequences(cb["input_ids"], cb["attention_mask"], cb["image_grid_thw"], cfg,
+                                    pad_to_multiple=16)
+                packed = unpack(model(pixel_values=cb["pixel_values"], **pk.model_kwargs())[..., :vocab].float(),
+                                pk.index)
+            outs[key] = out[real]
+            err, perr = rel_err(out[real], ref[real]), rel_err(packed[real], out[real])
+            rep.res[f"logit_rel_err_bf16_{key}"], rep.res[f"packed_vs_padded_rel_err_{key}"] = round(err, 5), round(perr, 5)
+            rep.row("correctness", f"{spec}: Megatron vs HF logits, bf16 (rel err)", f"{err:.2e}", peak_gib())
+            rep.row("correctness", f"{spec}: packed THD vs padded logits (rel err)", f"{perr:.2e}")
+            del out, packed
+        if model is not None:
+            with rep.guard("speed", f"rollout {key} bf16"):
+                reset_peak()
+                rtps, n, cached = rollout_tokens_per_s(model, cfg, z, device)
+                rep.res[f"rollout_tokens_per_s_{key}"] = round(rtps, 1)
+                rep.row("speed", f"rollout {key} bf16 ({'KV cache' if cached else 'recompute'}), {n} tokens",
+                        f"{rtps:,.1f} tok/s", peak_gib())
+            del model
+    if len(outs) == 2:
+        rep.res["te_vs_local_rel_err"] = round(rel_err(outs["te"], outs["local"]), 5)
+        rep.row("correctness", "TE spec vs local spec logits, bf16 (rel err)", f"{rep.res['te_vs_local_rel_err']:.2e}")
+
+
+def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state) -> None:
+    """GRPO forward+backward tokens/s and MFU: bf16 and (TE) both FP8 recipes."""
+    from r1vfree_mcore.train.config import ModelConfig
+    from r1vfree_mcore.train.precision import plan_precision
+
+    vocab = cfg.text_config.vocab_size
+    prompt_len = (z.image_px // 14) ** 2 // 4 + 6 + z.prompt_text
+    tb = make_batch(cfg, z, [z.seq] * z.batch, device, seed=2)
+    flops = model_flops(cfg, z, z.seq, z.batch)
+    rep.res["model_flops_per_step"] = flops
+    variants = [("bf16", ModelConfig(hf_dir="-", spec=spec, precision="bf16", dtype="bf16"))]
+    if te:
+        variants += [(f"fp8-{r}", ModelConfig(hf_dir="-", spec=spec, precision="fp8", fp8_recipe=r, dtype="bf16"))
+                     for r in ("delayed", "current")]
+    logp = {}
+    for label, mcfg in variants:
+        model = None  # frees the previous variant's model (also after a failure)
+        with rep.guard("speed", f"GRPO fwd+bwd {label}"):
+            plan = plan_precision(mcfg, te_available=te)
+            reset_peak()
+            model = build(cfg, state, plan.spec, plan.params_dtype, plan.decoder_overrides())
+            model.train()
+            with torch.no_grad():
+                logp[label] = float(grpo_loss_of(model, tb, prompt_len, vocab, plan)[1])
+            sec = time_train(model, tb, prompt_len, vocab, plan, z.steps)
+            del model
+            tps = z.batch * z.seq / sec
+            mfu = flops / sec / peak if peak else None
+            rep.res[f"tokens_per_s_{label}"] = round(tps, 1)
+            rep.res[f"mfu_{label}"] = None if mfu is None else round(mfu, 4)
+            rep.row("speed", f"GRPO fwd+bwd {label} ({plan.spec}), {z.batch}x{z.seq} tok",
+                    f"{tps:,.0f} tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", peak_gib())
+    if "bf16" in logp:
+        rep.res["mean_logprob_bf16"] = round(logp["bf16"], 5)
+        for r in ("delayed", "current"):
+            if f"fp8-{r}" in logp:
+                d = abs(logp[f"fp8-{r}"] - logp["bf16"]) / max(abs(logp["bf16"]), 1e-6)
+                rep.res[f"fp8_{r}_logprob_rel_diff"] = round(d, 5)
+                rep.row("correctness", f"FP8 ({r}) vs bf16 mean completion log-prob (rel diff)", f"{d:.2e}")
+
+
+def run(smoke: bool) -> Report:
     from transformers import AutoModelForImageTextToText
 
     from r1vfree_mcore.models.backends.transformer_engine import te_available
-    from r1vfree_mcore.models.common.packing import pack_sequences, unpack
-    from r1vfree_mcore.train.config import ModelConfig
-    from r1vfree_mcore.train.precision import plan_precision
 
     z = SIZES["smoke" if smoke else "gpu"]
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None) if device == "cuda" else None
     te = device == "cuda" and te_available()
+    rep = Report(bench="gpu_check", device=name, te=te)
     init(smoke)
     cfg = hf_config(z)
-    vocab = cfg.text_config.vocab_size
-    rows, res = [], {"bench": "gpu_check", "device": name, "te": te}
 
-    def row(section, what, value, mem=None):
-        rows.append((section, what, value, mem))
-
-    # 1. correctness: HF bf16 reference on a padded batch of three lengths.
+    # HF bf16 reference on a padded batch of three lengths (a failure here ends the check).
     reset_peak()
     torch.manual_seed(0)
     with torch.device(device):
         hf = AutoModelForImageTextToText.from_config(cfg, dtype=torch.bfloat16).eval()
+    rep.res["params"] = sum(p.numel() for p in hf.parameters())
     state = hf.state_dict()
     n_img = (z.image_px // 14) ** 2 // 4
-    lens = [n_img + 6 + k for k in (z.seq // 4, z.seq // 2, z.seq // 3)]
-    cb = make_batch(cfg, z, lens, device, seed=1)
-    real = cb["attention_mask"].bool()
-    hf_in = {**cb, "pixel_values": cb["pixel_values"].to(torch.bfloat16)}
+    cb = make_batch(cfg, z, [n_img + 6 + k for k in (z.seq // 4, z.seq // 2, z.seq // 3)], device, seed=1)
     with torch.no_grad():
-        ref = hf(**hf_in).logits.float()
-    row("memory", "HF bf16 reference: build + forward", "", peak_gib())
+        ref = hf(**{**cb, "pixel_values": cb["pixel_values"].to(torch.bfloat16)}).logits.float()
+    rep.row("memory", "HF bf16 reference: build + forward", "", peak_gib())
     specs = ["local"] + (["transformer_engine"] if te else [])
-    outs = {}
-    for spec in specs:
-        reset_peak()
-        model = build(cfg, state, spec, torch.bfloat16)
-        with torch.no_grad():
-            out = model(**cb)[..., :vocab].float()
-            err = rel_err(out[real], ref[real])
-            pk = pack_sequences(cb["input_ids"], cb["attention_mask"], cb["image_grid_thw"], cfg, pad_to_multiple=16)
-            packed = unpack(model(pixel_values=cb["pixel_values"], **pk.model_kwargs())[..., :vocab].float(), pk.index)
-        key = "te" if spec == "transformer_engine" else "local"
-        outs[key] = out[real]
-        res[f"logit_rel_err_bf16_{key}"] = round(err, 5)
-        res[f"packed_vs_padded_rel_err_{key}"] = round(rel_err(packed[real], out[real]), 5)
-        row("correctness", f"{spec}: Megatron vs HF logits, bf16 (rel err)", f"{err:.2e}", peak_gib())
-        row("correctness", f"{spec}: packed THD vs padded logits (rel err)", f"{res[f'packed_vs_padded_rel_err_{key}']:.2e}")
-        rollout(model, cfg, z, device, f"{key}", row, res)
-        del model, out, packed
-        gc.collect()
-    best = specs[-1]
-    if te:
-        res["te_vs_local_rel_err"] = round(rel_err(outs["te"], outs["local"]), 5)
-        row("correctness", "TE spec vs local spec logits, bf16 (rel err)", f"{res['te_vs_local_rel_err']:.2e}")
-    del outs
-    res["logit_rel_err_bf16"] = res["logit_rel_err_bf16_te" if te else "logit_rel_err_bf16_local"]
-    res["rollout_tokens_per_s"] = max((v for k, v in res.items() if k.startswith("rollout_tokens_per_s_") and v),
-                                      default=None)
+    correctness(rep, cfg, z, device, specs, state, ref, cb)
     del ref
+    speed(rep, cfg, z, device, specs[-1], te, peak, state)
 
-    # 2. speed: GRPO forward+backward at TP=1, bf16 (best spec) and FP8 (TE).
-    prompt_len = n_img + 6 + z.prompt_text
-    tb = make_batch(cfg, z, [z.seq] * z.batch, device, seed=2)
-    flops = model_flops(cfg, z, z.seq, z.batch)
-    variants = [("bf16", ModelConfig(hf_dir="-", spec=best, precision="bf16", dtype="bf16"))]
-    if te:
-        variants += [(f"fp8-{r}", ModelConfig(hf_dir="-", spec=best, precision="fp8", fp8_recipe=r, dtype="bf16"))
-                     for r in ("delayed", "current")]
-    losses = {}
-    for label, mcfg in variants:
-        plan = plan_precision(mcfg, te_available=te)
-        reset_peak()
-        model = build(cfg, state, plan.spec, plan.params_dtype, plan.decoder_overrides())
-        model.train()
-        with torch.no_grad():
-            losses[label] = float(grpo_loss_of(model, tb, prompt_len, vocab, plan)[1])
-        sec = time_train(model, tb, prompt_len, vocab, plan, z.steps)
-        tps = z.batch * z.seq / sec
-        mfu = flops / sec / peak if peak else None
-        res[f"tokens_per_s_{label}"] = round(tps, 1)
-        res[f"mfu_{label}"] = None if mfu is None else round(mfu, 4)
-        row("speed", f"GRPO fwd+bwd {label} ({plan.spec}), {z.batch}x{z.seq} tok",
-            f"{tps:,.0f} tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", peak_gib())
-        del model
-        gc.collect()
-    res["mfu_fp8"] = res.get("mfu_fp8-delayed")
-    res["fp8_speedup"] = (round(res["tokens_per_s_fp8-delayed"] / res["tokens_per_s_bf16"], 3) if te else None)
-    res["mean_logprob_bf16"] = round(losses["bf16"], 5)
-    for r in ("delayed", "current") if te else ():
-        d = abs(losses[f"fp8-{r}"] - losses["bf16"]) / max(abs(losses["bf16"]), 1e-6)
-        res[f"fp8_{r}_logprob_rel_diff"] = round(d, 5)
-        row("correctness", f"FP8 ({r}) vs bf16 mean completion log-prob (rel diff)", f"{d:.2e}")
-    res["fp8_loss_rel_diff"] = res.get("fp8_delayed_logprob_rel_diff")
-    res["peak_gib"] = {what: mem for _, what, _, mem in rows if mem is not None}
-    res["model_flops_per_step"] = flops
-    res["params"] = sum(p.numel() for p in hf.parameters())
-    return rows, res
+    r = rep.res
+    r["logit_rel_err_bf16"] = r.get("logit_rel_err_bf16_te" if te else "logit_rel_err_bf16_local")
+    r["rollout_tokens_per_s"] = max((v for k, v in r.items() if k.startswith("rollout_tokens_per_s_") and v),
+                                    default=None)
+    r.setdefault("mfu_bf16", None)
+    r["mfu_fp8"] = r.get("mfu_fp8-delayed")
+    fp8_tps, bf16_tps = r.get("tokens_per_s_fp8-delayed"), r.get("tokens_per_s_bf16")
+    r["fp8_speedup"] = round(fp8_tps / bf16_tps, 3) if fp8_tps and bf16_tps else None
+    r["fp8_loss_rel_diff"] = r.get("fp8_delayed_logprob_rel_diff")
+    r["peak_gib"] = {what: mem for _, what, _, mem in rep.rows if mem is not None}
+    r["errors"] = rep.errors
+    return rep
 
 
 def print_table(rows, res, smoke: bool) -> None:
@@ -350,10 +379,10 @@ def main(argv=None) -> int:
         print("gpu_check: no CUDA device; use --cpu-smoke for the CPU code-path check", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
-    rows, res = run(a.cpu_smoke)
-    print_table(rows, res, a.cpu_smoke)
-    print(json.dumps(res))
-    return 0
+    rep = run(a.cpu_smoke)
+    print_table(rep.rows, rep.res, a.cpu_smoke)
+    print(json.dumps(rep.res))
+    return 1 if rep.errors else 0
 
 
 if __name__ == "__main__":
