@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -75,8 +76,14 @@ def files_bytes(d: Path, pattern: str = "*") -> tuple[int, int]:
     return sum(sizes), max(sizes)
 
 
-def run_measured(cmd: list[str]) -> tuple[float, int, str]:
-    """(wall seconds, peak RSS of the process tree in bytes, stdout) of a command."""
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, str, float]:
+    """(wall s, peak PSS of the process tree in bytes, stdout, CPU s of the tree) of a command."""
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps, peak = psutil.Process(proc.pid), 0
@@ -92,15 +99,16 @@ def run_measured(cmd: list[str]) -> tuple[float, int, str]:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-4000:]}")
-    return wall, peak, out
+    return wall, peak, out, _children_cpu() - cpu0
 
 
-def copy_files(src: Path, dst: Path) -> float:
-    t0 = time.perf_counter()
+def copy_files(src: Path, dst: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of copying the safetensors files."""
+    t0, c0 = time.perf_counter(), time.process_time()
     dst.mkdir()
     for f in sorted(src.glob("*.safetensors")):
         shutil.copyfile(f, dst / f.name)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv=None) -> None:
@@ -125,31 +133,32 @@ def main(argv=None) -> None:
     print(f"checkpoint: {size / GB:.2f} GiB in {len(list(src.glob('*.safetensors')))} shards "
           f"(largest {largest_in / GB:.2f} GiB)", flush=True)
 
-    t_copy = copy_files(src, cp)
+    t_copy, c_copy = copy_files(src, cp)
     cli = [sys.executable, "-m", "r1vfree_mcore.conversion.cli"]
-    w1, rss1, out1 = run_measured(cli + ["hf-to-mcore", "--hf-dir", str(src), "--out", str(mc), "--tp", str(a.tp),
+    w1, rss1, out1, c1 = run_measured(cli + ["hf-to-mcore", "--hf-dir", str(src), "--out", str(mc), "--tp", str(a.tp),
                                          "--pp", str(a.pp), "--quiet"])
     s1 = json.loads(out1.strip().splitlines()[-1])
     # bf16 shard of a rank; at TP=1/PP=1 the whole model.
     rank_shard = size / (a.tp * a.pp)
-    w2, rss2, out2 = run_measured(cli + ["mcore-to-hf", "--mcore-dir", str(mc), "--out", str(back),
+    w2, rss2, out2, c2 = run_measured(cli + ["mcore-to-hf", "--mcore-dir", str(mc), "--out", str(back),
                                          "--max-shard-size", a.max_shard_size, "--quiet"])
     s2 = json.loads(out2.strip().splitlines()[-1])
     _, largest_out = files_bytes(back, "*.safetensors")
-    t_copy2 = copy_files(src, root / "copy2")  # copy again: the machine is shared, take the faster
-    t_copy = min(t_copy, t_copy2)
+    t_copy2, c_copy2 = copy_files(src, root / "copy2")  # again: the machine is shared, take the faster
+    t_copy, c_copy = min(t_copy, t_copy2), min(c_copy, c_copy2)
     shutil.rmtree(root / "copy2", ignore_errors=True)
 
     rows = [
-        ("copy", t_copy, t_copy, None, None),
-        (f"hf-to-mcore tp={a.tp} pp={a.pp}", w1, s1["seconds"], rss1, rank_shard),
-        ("mcore-to-hf", w2, s2["seconds"], rss2, largest_out),
+        ("copy", t_copy, t_copy, c_copy, None, None),
+        (f"hf-to-mcore tp={a.tp} pp={a.pp}", w1, s1["seconds"], c1, rss1, rank_shard),
+        ("mcore-to-hf", w2, s2["seconds"], c2, rss2, largest_out),
     ]
-    print(f"{'step':<24}{'wall s':>8}{'lib s':>8}{'GB/s wall':>11}{'GB/s lib':>10}{'x copy':>8}"
+    print(f"{'step':<24}{'wall s':>8}{'lib s':>8}{'CPU s':>8}{'GB/s wall':>11}{'GB/s lib':>10}{'x copy':>8}"
           f"{'peak RSS GiB':>14}{'shard GiB':>11}{'RSS/shard':>10}")
-    for name, wall, lib, rss, shard in rows:
-        print(f"{name:<24}{wall:8.2f}{lib:8.2f}{size / 1e9 / wall:11.2f}{size / 1e9 / lib:10.2f}{wall / t_copy:8.1f}"
-              + (f"{rss / GB:14.2f}{shard / GB:11.2f}{rss / shard:10.2f}" if rss else ""))
+    for name, wall, lib, cpu, rss, shard in rows:
+        print(f"{name:<24}{wall:8.2f}{lib:8.2f}{cpu:8.2f}{size / 1e9 / wall:11.2f}{size / 1e9 / lib:10.2f}"
+              f"{wall / t_copy:8.1f}" + (f"{rss / GB:14.2f}{shard / GB:11.2f}{rss / shard:10.2f}" if rss else ""))
+    print(f"hf-to-mcore rank 0 phases (s): {s1['rank0_seconds']}; load average {os.getloadavg()[0]:.1f}")
     time_vs_copy = max(w1, w2) / t_copy
     rss_ratio = max(rss1 / rank_shard, rss2 / largest_out)
     print(json.dumps({"bench": "convert", "time_vs_copy": round(time_vs_copy, 2),

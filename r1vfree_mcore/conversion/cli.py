@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: (str(v) if not isinstance(v, (int, float, list)) else v) for k, v in summary.items()}))
+    print(json.dumps(summary, default=str))
     return 0
 
 

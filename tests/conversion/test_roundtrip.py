@@ -42,11 +42,32 @@ def test_roundtrip_tp2_pp2(tp2pp2, tmp_path, family, tied):
     _check_hf_dir(src, back, tied)
 
 
+def _as_transformers5_layout(src, dst):
+    """A copy of ``src`` whose safetensors use the in-memory 5.x names (model.language_model.*,
+    model.visual.*), as some tools save them."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    renamed = {}
+    for k, v in hf_tensors(src).items():
+        if k.startswith("visual."):
+            k = "model." + k
+        elif k.startswith("model."):
+            k = "model.language_model." + k[len("model."):]
+        renamed[k] = v
+    save_file(renamed, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
 @pytest.mark.slow
-def test_roundtrip_tp4_pp1(tiny, tmp_path):
+def test_roundtrip_tp4_pp1_from_transformers5_key_layout(tiny, tmp_path):
     src = tiny("qwen2_vl", False)
+    v5 = _as_transformers5_layout(src, tmp_path / "v5")
+    assert any(k.startswith("model.language_model.") for k in hf_tensors(v5))
     mc, back = tmp_path / "mcore", tmp_path / "hf"
-    hf_to_mcore(src, mc, tp=4, pp=1, progress=False)
+    hf_to_mcore(v5, mc, tp=4, pp=1, progress=False)
     _check_mcore_dir(mc, 4, 1, False)
     mcore_to_hf(mc, back, progress=False)
     _check_hf_dir(src, back, False)
