@@ -10,10 +10,11 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from typing import Any, Callable
+
+from r1vfree_mcore.parallel.ports import free_port
 
 
 class RankFailure(RuntimeError):
@@ -25,13 +26,6 @@ class RankFailure(RuntimeError):
         self.first_line = f"rank {rank}: {failures[rank][0]}"
         details = "\n".join(f"--- rank {r} ---\n{tb}" for r, (_, tb) in sorted(failures.items()))
         super().__init__(f"{len(failures)} rank(s) failed; {self.first_line}\n{details}")
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(fn, rank, world, port, args, counters, results):

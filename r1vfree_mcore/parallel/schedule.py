@@ -6,7 +6,9 @@ pipeline stage ``loss_fn(mb, output)`` turns the output into ``(loss, info_dict)
 *not* averaged over micro-batches here (megatron's schedule divides by their number; we undo it):
 ``loss_fn`` normalises with global counts itself, so the sum over micro-batches is the batch loss.
 
-Returns the info dicts of the last stage (empty lists elsewhere); use :func:`broadcast_from_last_stage`
+Micro-batches may live on the CPU (rollouts are kept in host memory): each one's tensors are
+moved to the model's device right before its forward, so ``forward_fn`` and ``loss_fn`` see
+device tensors. Returns the info dicts of the last stage (empty lists elsewhere); use :func:`broadcast_from_last_stage`
 to share results with the other stages.
 """
 
@@ -37,8 +39,10 @@ def run_microbatches(
     # Micro-batches differ in length: let p2p exchange shapes first.
     unwrapped.config.variable_seq_lengths = True
 
+    device = next(unwrapped.parameters()).device
+
     def step(data_iterator, m):
-        mb = next(data_iterator)
+        mb = to_device(next(data_iterator), device)
         out = forward_fn(m, mb)
 
         def _loss(output):
@@ -59,6 +63,11 @@ def run_microbatches(
             micro_batch_size=first.shape[0],
             forward_only=forward_only,
         )
+
+
+def to_device(mb: dict, device: torch.device) -> dict:
+    """A copy of micro-batch ``mb`` with its tensor values on ``device`` (others unchanged)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in mb.items()}
 
 
 def broadcast_from_last_stage(obj: Any) -> Any:

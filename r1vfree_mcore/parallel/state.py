@@ -33,6 +33,13 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def collective_device() -> torch.device:
+    """Where tensors for collectives on the default backend must live (nccl needs CUDA tensors)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def init_distributed(backend: str | None = None) -> None:
     """Initialise torch.distributed from the torchrun/srun environment (single process if absent)."""
     if dist.is_initialized():

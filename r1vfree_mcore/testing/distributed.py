@@ -13,21 +13,15 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import socket
 import time
 import traceback
 from typing import Any, Callable
 
+from r1vfree_mcore.parallel.ports import free_port
+
 
 class DistributedTestError(AssertionError):
     """One or more ranks failed or hung; the message holds each rank's traceback."""
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(fn, rank, world_size, port, args, env, results, init_pg=True):

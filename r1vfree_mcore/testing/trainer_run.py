@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from r1vfree_mcore.parallel.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "launch" / "configs" / "tiny_cpu.yaml"
 def trainer_args(assets, run_dir, *extra, data=None):
@@ -26,11 +28,6 @@ def run_trainer(args, nproc=1, timeout=300, **popen):
         cmd = [sys.executable, "-m", "r1vfree_mcore.train.cli", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-               "--master-port", str(_free_port()), "-m", "r1vfree_mcore.train.cli", *args]
+               "--master-port", str(free_port()), "-m", "r1vfree_mcore.train.cli", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **popen)
 
-
-def _free_port():
-    from r1vfree_mcore.testing.distributed import free_port
-
-    return free_port()

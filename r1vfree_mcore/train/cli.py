@@ -58,7 +58,7 @@ def run(cfg, run_dir: Path, resume: str) -> int:
 
     if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" not in os.environ:
         # A plain single process: pick a free port so two local runs never collide.
-        from r1vfree_mcore.testing.distributed import free_port
+        from r1vfree_mcore.parallel.ports import free_port
 
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))

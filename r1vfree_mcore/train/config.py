@@ -190,6 +190,8 @@ class CheckpointConfig:
     def __post_init__(self):
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
         _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+        _check(self.hf_export_every is None or self.hf_export_every >= 1, "checkpoint.hf_export_every",
+               f"must be >= 1 or null, got {self.hf_export_every}")
 
 
 @dataclass

@@ -7,6 +7,7 @@ checkpoint (periodic, or on SIGTERM/SIGUSR1/``RUN_DIR/PREEMPT``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -19,8 +20,9 @@ import torch.distributed as dist
 from r1vfree_mcore.checkpoint.manager import CheckpointManager, find_latest
 from r1vfree_mcore.grpo.advantages import group_advantages
 from r1vfree_mcore.parallel.schedule import broadcast_from_last_stage
+from r1vfree_mcore.parallel.state import collective_device
 from r1vfree_mcore.rewards import RewardRequest
-from r1vfree_mcore.rollout.generator import MegatronGenerator, SamplingParams, decode_completions
+from r1vfree_mcore.rollout.generator import MegatronGenerator, SamplingParams, decode_completions, model_forward
 from r1vfree_mcore.rollout.prompts import build_prompt_batch
 from r1vfree_mcore.train.metrics import MetricsLogger
 from r1vfree_mcore.train.optimizer import current_lr
@@ -64,8 +66,9 @@ def _dp_mean(metrics: dict[str, float]) -> dict[str, float]:
     if n == 1:
         return metrics
     keys = sorted(metrics)
-    vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-    is_max = torch.tensor([k.endswith("_max") for k in keys])
+    dev = collective_device()
+    vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=dev)
+    is_max = torch.tensor([k.endswith("_max") for k in keys], device=dev)
     summed, maxed = vals.clone(), vals.clone()
     dist.all_reduce(summed, group=group)
     dist.all_reduce(maxed, op=dist.ReduceOp.MAX, group=group)
@@ -110,7 +113,10 @@ class Trainer:
                                        r.temperature, r.top_p, r.top_k, suppress_token_ids=vision_ids)
         n_seq = r.prompts_per_step * r.num_generations
         micro = self.cfg.grpo.micro_batch_size or r.num_generations
-        self.passes = PassConfig(r.temperature, self.real_vocab, micro)
+        self.precision = c.precision
+        forward = self.precision.wrap_forward(model_forward) if self.precision else model_forward
+        self.passes = PassConfig(r.temperature, self.real_vocab, micro, forward_fn=forward)
+        self.hf_export_failures = 0
         self.loss_cfg = LossSettings(self.cfg.grpo.beta, self.cfg.grpo.clip_eps_low, self.cfg.grpo.clip_eps_high,
                                      self.cfg.grpo.aggregation)
         self.mini = self.cfg.grpo.mini_batch_size or n_seq
@@ -139,8 +145,34 @@ class Trainer:
                               extra={"data": vars(self.c.dataset.stats) | {"skipped_indices": []}},
                               config_yaml=self.config_yaml)
 
+    def export_hf(self, ckpt: Path) -> Path | None:
+        """Write ``RUN_DIR/hf/step_NNNNNN`` from checkpoint ``ckpt`` (rank 0; the others go on
+        and meet it at the next collective). A failed export is logged and counted
+        (``checkpoint/hf_export_failures``), never fatal: the Megatron checkpoint is already safe
+        and ``r1vfree-convert mcore-to-hf`` can redo it."""
+        if not self.c.groups.is_logging_rank:
+            return None
+        from r1vfree_mcore.conversion import export_hf
+
+        out = self.run_dir / "hf" / ckpt.name
+        try:
+            export_hf(ckpt, out, force=True, progress=False)
+        except Exception:
+            self.hf_export_failures += 1
+            log.exception("HF export of %s to %s failed", ckpt, out)
+            print(f"r1vfree: HF export of {ckpt.name} FAILED (see log); training goes on", flush=True)
+            return None
+        print(f"r1vfree: exported HF checkpoint {out}", flush=True)
+        return out
+
+    def _wants_hf_export(self, max_steps: int) -> bool:
+        cc = self.cfg.checkpoint
+        return bool((cc.hf_export_every and self.step % cc.hf_export_every == 0)
+                    or (cc.hf_export_at_end and self.step == max_steps))
+
     def _should_stop(self) -> bool:
-        flag = torch.tensor([1.0 if (self.stop.set or (self.run_dir / PREEMPT_FILE).exists()) else 0.0])
+        flag = torch.tensor([1.0 if (self.stop.set or (self.run_dir / PREEMPT_FILE).exists()) else 0.0],
+                            device=collective_device())
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -152,7 +184,8 @@ class Trainer:
         samples = c.sampler.next_valid(cfg.rollout.prompts_per_step, c.dataset.get)
         prompts = build_prompt_batch(samples, c.processor, cfg.rollout.num_generations)
         seed = cfg.train.seed * 1_000_003 + self.step * 1009 + g.dp_rank
-        rollout = self.generator.generate(prompts, self.sampling, seed)
+        with self.precision.forward_context() if self.precision else contextlib.nullcontext():
+            rollout = self.generator.generate(prompts, self.sampling, seed)
         texts = decode_completions(self.tokenizer, rollout)
         times["time/rollout"] = time.perf_counter() - t0
 
@@ -252,9 +285,13 @@ class Trainer:
                 t = time.perf_counter()
                 every = self.cfg.checkpoint.every_steps
                 stop = self._should_stop()
-                if stop or (every and self.step % every == 0) or self.step == max_steps:
-                    self.save()
+                export = self._wants_hf_export(max_steps)
+                if stop or export or (every and self.step % every == 0) or self.step == max_steps:
+                    path = self.save()
+                    if export:
+                        self.export_hf(path)
                 m["time/checkpoint"] = time.perf_counter() - t
+                m["checkpoint/hf_export_failures"] = float(self.hf_export_failures)
                 self.metrics.log(self.step, m)
                 if c.groups.is_logging_rank:
                     bar.update(1)

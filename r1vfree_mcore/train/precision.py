@@ -83,11 +83,15 @@ class PrecisionPlan:
         return f"precision: spec={self.spec}, params={str(self.params_dtype).replace('torch.', '')}, compute={compute}{fp8}{extra}"
 
 
-def plan_precision(model_cfg, te_available: bool | None = None) -> PrecisionPlan:
+def plan_precision(model_cfg, te_available: bool | None = None, cuda: bool | None = None) -> PrecisionPlan:
     """Resolve ``model.{precision,fp8_recipe,dtype,spec}`` (a ``ModelConfig``) into a plan.
 
-    ``te_available`` defaults to whether TransformerEngine imports (tests pass it explicitly).
-    FP8 needs TE: without it (or with ``spec='local'``) the run computes in bf16 and says so.
+    ``te_available`` defaults to whether TransformerEngine imports, ``cuda`` to whether CUDA is
+    available (tests pass both explicitly). FP8 needs TE: without it (or with ``spec='local'``)
+    the run computes in bf16 and says so. bf16 compute over fp32 parameters needs CUDA: megatron-
+    core's linear autograd functions take their autocast state from ``custom_fwd(device_type=
+    "cuda")``, so under CPU autocast their backward mixes bf16 grads with fp32 weights; on CPU
+    the run computes in fp32 and says so (``model.dtype=bf16`` gives bf16 on CPU).
     """
     if te_available is None:
         from r1vfree_mcore.models.backends.transformer_engine import te_available as probe
@@ -110,6 +114,9 @@ def plan_precision(model_cfg, te_available: bool | None = None) -> PrecisionPlan
         notes.append("model.dtype=bf16 computes in bf16 whatever model.precision says")
     low = precision in ("bf16", "fp8")
     autocast = torch.bfloat16 if low and params_dtype == torch.float32 else None
+    if autocast is not None and not (torch.cuda.is_available() if cuda is None else cuda):
+        autocast = None
+        notes.append("bf16 autocast over fp32 parameters needs CUDA: computing fp32 (use model.dtype=bf16 on CPU)")
     plan = PrecisionPlan(spec, params_dtype, autocast, fp8, tuple(notes))
     for n in notes:
         log.warning("precision fallback: %s", n)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +46,7 @@ class Components:
     dataset: Any
     sampler: Any
     scorer: Any | None
+    precision: Any = None  # train.precision.PrecisionPlan
     extras: dict = field(default_factory=dict)
 
 
@@ -67,44 +67,37 @@ def policy_groups() -> PolicyGroups:
     )
 
 
-def hf_weight_getter(hf_dir: str | Path):
-    """A ``name -> tensor`` getter over an HF checkpoint's safetensors (read lazily, per tensor)."""
-    import json
+def load_initial_weights(model, model_cfg, hf_config) -> str:
+    """Fill a built stage from ``model.mcore_dir`` (a dist checkpoint at any TP/PP, e.g. the
+    converter's output or a trainer checkpoint) or else from the HF weights in ``model.hf_dir``.
+    Returns where the weights came from."""
+    if model_cfg.mcore_dir:
+        from r1vfree_mcore.conversion.dist_io import load_into_model
+        from r1vfree_mcore.conversion.metadata import DIST, resolve_checkpoint
 
-    from safetensors import safe_open
-
-    d = Path(hf_dir)
-    index = d / "model.safetensors.index.json"
-    if index.is_file():
-        where = {k: d / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    else:
-        single = d / "model.safetensors"
-        if not single.is_file():
-            raise FileNotFoundError(f"model.hf_dir: no model.safetensors(.index.json) in {d}")
-        with safe_open(str(single), "pt") as f:
-            where = {k: single for k in f.keys()}
-
-    def get(name: str) -> torch.Tensor:
-        if name not in where:
-            raise KeyError(name)
-        with safe_open(str(where[name]), "pt") as f:
-            return f.get_tensor(name)
-
-    return get
-
-
-def build_policy_model(cfg: Config, hf_config, *, trainable: bool):
-    """One pipeline stage of the policy (or the frozen reference), HF weights loaded."""
-    from r1vfree_mcore.models.common.vlm import build_model
+        ckpt = resolve_checkpoint(model_cfg.mcore_dir)
+        load_into_model(model, ckpt / DIST)
+        return str(ckpt)
+    from r1vfree_mcore.conversion.hf_io import HFReader
     from r1vfree_mcore.models.common.weight_loading import load_hf_state_dict
+
+    load_hf_state_dict(model, HFReader(model_cfg.hf_dir), hf_config)
+    return str(model_cfg.hf_dir)
+
+
+def build_policy_model(cfg: Config, hf_config, plan, *, trainable: bool):
+    """One pipeline stage of the policy (or the frozen reference), built as the precision plan
+    says and with its initial weights loaded."""
+    from r1vfree_mcore.models.common.vlm import build_model
     from r1vfree_mcore.parallel.state import ParallelConfig
 
     pcfg = ParallelConfig(cfg.parallel.tp, cfg.parallel.pp,
                           tuple(cfg.parallel.pp_layer_split) if cfg.parallel.pp_layer_split else None)
-    dtype = torch.bfloat16 if cfg.model.dtype == "bf16" else torch.float32
-    model = build_model(hf_config, pcfg, cfg.model.spec, freeze_vision=cfg.model.freeze_vision,
-                        freeze_merger=cfg.model.freeze_merger, params_dtype=dtype)
-    load_hf_state_dict(model, hf_weight_getter(cfg.model.hf_dir), hf_config)
+    model = build_model(hf_config, pcfg, plan.spec, freeze_vision=cfg.model.freeze_vision,
+                        freeze_merger=cfg.model.freeze_merger, params_dtype=plan.params_dtype,
+                        decoder_overrides=plan.decoder_overrides())
+    source = load_initial_weights(model, cfg.model, hf_config)
+    log.info("%s weights from %s", "policy" if trainable else "reference", source)
     if not trainable:
         model.requires_grad_(False)
         model.eval()
@@ -120,6 +113,7 @@ def build_components(cfg: Config, topo) -> Components:
     from r1vfree_mcore.parallel.state import ParallelConfig, initialize_parallel
     from r1vfree_mcore.rewards import make_scorer
     from r1vfree_mcore.train.optimizer import build_optimizer, wrap_ddp
+    from r1vfree_mcore.train.precision import plan_precision
 
     cfg.check_world(dist.get_world_size() + cfg.reward.num_ranks)
     initialize_parallel(ParallelConfig(cfg.parallel.tp, cfg.parallel.pp), seed=cfg.train.seed)
@@ -130,13 +124,16 @@ def build_components(cfg: Config, topo) -> Components:
     processor = AutoProcessor.from_pretrained(cfg.model.hf_dir)
     processor.image_processor.size = {"shortest_edge": cfg.data.min_pixels, "longest_edge": cfg.data.max_pixels}
 
-    model = build_policy_model(cfg, hf_config, trainable=True)
+    plan = plan_precision(cfg.model)
+    if groups.is_logging_rank:
+        print(f"r1vfree: {plan.describe()}", flush=True)
+    model = build_policy_model(cfg, hf_config, plan, trainable=True)
     ddp = wrap_ddp(model)
     from megatron.core.distributed import finalize_model_grads
 
     # DP all-reduce and the tied-embedding all-reduce between first and last PP stage.
     model.config.finalize_model_grads_func = finalize_model_grads
-    ref = build_policy_model(cfg, hf_config, trainable=False) if cfg.grpo.beta > 0 else None
+    ref = build_policy_model(cfg, hf_config, plan, trainable=False) if cfg.grpo.beta > 0 else None
     optimizer, scheduler = build_optimizer(ddp, cfg.optim, bf16=cfg.model.dtype == "bf16",
                                            max_steps=cfg.train.max_steps)
 
@@ -147,7 +144,7 @@ def build_components(cfg: Config, topo) -> Components:
         # Every policy rank takes part in the reward rendezvous; only leaders submit.
         scorer = make_scorer(cfg.reward.to_reward_config(), topo)
     return Components(cfg, groups, hf_config, processor, ddp, ref, optimizer, scheduler,
-                      dataset, sampler, scorer)
+                      dataset, sampler, scorer, precision=plan)
 
 
 def node_line(role: str) -> str:

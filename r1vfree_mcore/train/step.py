@@ -85,7 +85,7 @@ def logprob_pass(model, rollout: Rollout, cfg: PassConfig) -> torch.Tensor | Non
         return None
     full = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32)
     for o in out:
-        full[o["rows"]] = o["logprobs"]
+        full[o["rows"]] = o["logprobs"].cpu()  # rollouts live in host memory
     return full
 
 

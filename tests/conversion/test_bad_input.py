@@ -66,7 +66,7 @@ def test_truncated_safetensors(tiny, tmp_path):
 
 
 def test_kv_heads_not_divisible_by_tp(tmp_path):
-    from conftest import write_tiny
+    from conversion_cases import write_tiny
 
     src = write_tiny(tmp_path / "src", "qwen2_5_vl", False, num_kv_heads=2)
     _expect_error(tmp_path, "num_key_value_heads=2 is not divisible by parallel.tp=4", src, tp=4)

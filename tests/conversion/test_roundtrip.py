@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import TP2PP2_CASES, assert_bit_exact, hf_tensors
+from conversion_cases import TP2PP2_CASES, assert_bit_exact, hf_tensors
 
 from r1vfree_mcore.conversion import hf_to_mcore, mcore_to_hf
 from r1vfree_mcore.conversion.cli import main as cli_main

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_bit_exact
+from conversion_cases import assert_bit_exact
 
 from r1vfree_mcore.testing.distributed import run_distributed
 

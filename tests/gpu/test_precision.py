@@ -27,12 +27,19 @@ PLANS = [
     (dict(precision="fp8", fp8_recipe="current", spec="transformer_engine"), False, ("local", FP32, BF16, None, 2)),
     (dict(precision="fp8", fp8_recipe="delayed", spec="local"), True, ("local", FP32, BF16, None, 1)),
 ]
+# Without CUDA, bf16 compute over fp32 parameters falls back to fp32 (megatron's linears are
+# CUDA-autocast only); bf16 parameters still compute in bf16.
+CPU_PLANS = [
+    (dict(precision="bf16"), False, ("local", FP32, None, None, 1)),
+    (dict(precision="bf16", dtype="bf16"), False, ("local", BF16, None, None, 0)),
+    (dict(precision="fp8", fp8_recipe="delayed", spec="local"), False, ("local", FP32, None, None, 2)),
+]
 
 
-@pytest.mark.parametrize("fields,te,expected", PLANS)
-def test_plan_table(fields, te, expected, caplog):
+@pytest.mark.parametrize("cuda,fields,te,expected", [(True, *p) for p in PLANS] + [(False, *p) for p in CPU_PLANS])
+def test_plan_table(cuda, fields, te, expected, caplog):
     with caplog.at_level(logging.WARNING):
-        plan = plan_precision(ModelConfig(hf_dir="x", **fields), te_available=te)
+        plan = plan_precision(ModelConfig(hf_dir="x", **fields), te_available=te, cuda=cuda)
     got = (plan.spec, plan.params_dtype, plan.autocast_dtype, plan.fp8_recipe, len(plan.notes))
     assert got == expected, plan
     assert sum("precision fallback" in r.getMessage() for r in caplog.records) == len(plan.notes)
@@ -56,7 +63,8 @@ def test_fp8_fields_reach_only_the_decoder_config():
     hf = _hf_config(TinySpec(), build_tokenizer())
     for recipe, mc_recipe in (("delayed", "delayed"), ("current", "tensorwise")):
         plan = plan_precision(ModelConfig(hf_dir="x", precision="fp8", fp8_recipe=recipe,
-                                          spec="transformer_engine", dtype="bf16"), te_available=True)
+                                          spec="transformer_engine", dtype="bf16"), te_available=True,
+                                cuda=True)
         dec = decoder_config(hf, 1, 1, None, BF16, plan.decoder_overrides())
         assert dec.fp8 == "hybrid" and str(getattr(dec.fp8_recipe, "value", dec.fp8_recipe)) == mc_recipe
         dims = vision_dims_of(hf)

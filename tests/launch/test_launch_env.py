@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from r1vfree_mcore.launch_env import (
     expand_hostlist,
     torchrun_argv,
 )
+from r1vfree_mcore.parallel.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,16 +147,10 @@ def _clean_env(**extra) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_launcher_runs_torchrun_on_cpu(tmp_path):
     """launch/train.sh -> torchrun --nproc-per-node 2 -> a gloo all_reduce in both workers."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.run(
         [str(REPO / "launch" / "train.sh"), "--nproc-per-node", "2", "--master-port", str(port),
          "--script", str(REPO / "tests" / "slurm" / "allreduce_check.py"),

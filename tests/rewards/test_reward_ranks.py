@@ -70,6 +70,7 @@ def _rank_main(rank, world, cfg_dict):
     handles = [scorer.submit(b) for b in make_batches(rank, SIZES[rank])]  # all in flight at once
     results = [h.result(timeout=120) for h in reversed(handles)][::-1]
     scorer.close()
+    dist.barrier()  # rank 0 hosts the rendezvous store: it must outlive every rank's lookup
     return {"role": "policy", "world": dist.get_world_size(), "sum": t.item(), "replica": scorer.replica,
             "results": [(r.sample_ids, r.scores, r.total, r.valid, r.timings) for r in results]}
 
@@ -80,7 +81,7 @@ def test_reward_ranks_match_local_scoring(tiny_reward_dir, policy, reward, monke
     cfg = {"backends": [{"name": "vlm_scalar", "path": str(tiny_reward_dir), "weight": 1.0},
                         {"name": "format", "weight": 0.5}],
            "num_reward_ranks": reward, "batch_size": 4, "connect_timeout_s": 120.0}
-    out = run_distributed(_rank_main, policy + reward, cfg, init_process_group=False, timeout=180)
+    out = run_distributed(_rank_main, policy + reward, cfg, init_process_group=False, timeout=300)
     assert [o["role"] for o in out] == ["policy"] * policy + ["reward"] * reward
     engine = RewardEngine(RewardConfig.from_dict(cfg))
     for rank in range(policy):
@@ -132,7 +133,10 @@ def _fault_main(rank, world, cfg_dict, cfg_path):
     except RewardRankError as exc:
         out["rank_error"], out["detect_s"] = str(exc), time.monotonic() - t0
     finally:
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already killed (rank 0) and reaped by its reward rank
         client.close()
     return out
 
