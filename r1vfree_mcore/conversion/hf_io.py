@@ -1,7 +1,8 @@
 """Streaming HF safetensors I/O: a lazy per-tensor reader and a planned, sharded writer.
 
 The reader only parses headers up front (names, shapes, dtypes, truncation check); tensor data is
-read on demand through safetensors' mmap, so a process holds at most the tensors it asked for.
+read on demand with positioned reads (no mmap), either into fresh memory or, for a row range,
+straight into a caller's tensor (a parameter), so a process holds at most the tensors it asked for.
 The writer is given the full list of (name, shape, dtype) first, plans the shard files (HF's
 ``model-0000k-of-0000n.safetensors`` names need the count) and every tensor's byte offset, writes
 the headers, then writes each tensor to its place as it arrives (no shard is buffered).
@@ -15,7 +16,7 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -75,10 +76,12 @@ class HFReader:
     """Name -> tensor access over an HF checkpoint directory (either key layout on disk).
 
     ``infos`` maps on-disk (4.x) names to :class:`TensorInfo`; :meth:`get` accepts either
-    spelling and raises KeyError when absent (the contract of ``load_hf_state_dict``'s getter).
+    spelling and raises KeyError when absent (the contract of ``load_hf_state_dict``'s getter);
+    :meth:`info` and :meth:`read_rows_into` let that loader read straight into parameters.
+    ``on_read(nbytes)`` is called once per tensor consumed (progress).
     """
 
-    def __init__(self, hf_dir: str | Path):
+    def __init__(self, hf_dir: str | Path, on_read: Callable[[int], None] | None = None):
         self.dir = Path(hf_dir)
         index = self.dir / INDEX
         if index.is_file():
@@ -111,6 +114,7 @@ class HFReader:
         self._handles: dict[Path, object] = {}
         self.bytes_read = 0
         self.tensors_read = 0
+        self._on_read = on_read  # called with each tensor's full byte size once it is consumed
 
     def names(self) -> set[str]:
         """On-disk (4.x) names of every tensor."""
@@ -122,28 +126,63 @@ class HFReader:
                 return self.infos[alias]
         raise KeyError(name)
 
+    def _key(self, name: str) -> str:
+        key = disk_name(name)
+        if key not in self.infos:
+            raise KeyError(name)
+        return key
+
+    def _read(self, key: str, begin: int, out: torch.Tensor) -> None:
+        """Read bytes ``begin..`` of tensor ``key`` into contiguous CPU ``out`` (its full size)."""
+        info = self.infos[key]
+        handle = self._handles.get(info.file)
+        if handle is None:
+            handle = self._handles[info.file] = open(info.file, "rb", buffering=0)
+        view = memoryview(out.detach().view(torch.uint8).reshape(-1).numpy())
+        handle.seek(self._span[key][0] + begin)
+        while view:  # raw reads may return short counts
+            n = handle.readinto(view)
+            if not n:
+                raise ConversionError(f"short read of {key} from {info.file}")
+            view = view[n:]
+        self.bytes_read += out.numel() * out.element_size()
+
+    def _consumed(self, key: str) -> None:
+        self.tensors_read += 1
+        if self._on_read is not None:
+            self._on_read(self.infos[key].nbytes)
+
     def get(self, name: str) -> torch.Tensor:
         """The tensor, read into fresh memory; KeyError when the checkpoint has no such tensor.
 
         Plain positioned reads, no mmap: a mapped file's touched pages would stay in this
         process's RSS until unmapped, doubling the apparent footprint of a conversion rank.
         """
-        key = disk_name(name)
-        if key not in self.infos:
-            raise KeyError(name)
+        key = self._key(name)
         info = self.infos[key]
-        start, end = self._span[key]
-        handle = self._handles.get(info.file)
-        if handle is None:
-            handle = self._handles[info.file] = open(info.file, "rb")
-        buf = bytearray(end - start)
-        handle.seek(start)
-        if handle.readinto(buf) != len(buf):
-            raise ConversionError(f"short read of {key} from {info.file}")
-        t = torch.frombuffer(buf, dtype=info.dtype) if buf else torch.empty(0, dtype=info.dtype)
-        self.bytes_read += len(buf)
-        self.tensors_read += 1
-        return t.reshape(info.shape)
+        t = torch.empty(info.shape, dtype=info.dtype)  # no zero fill: every byte is read over
+        if t.numel():
+            self._read(key, 0, t)
+        self._consumed(key)
+        return t
+
+    def read_rows_into(self, name: str, row: int, out: torch.Tensor) -> None:
+        """Read rows ``row .. row + len(out)`` (along dim 0) of a tensor straight into ``out``.
+
+        ``out``: contiguous CPU tensor of the tensor's dtype and trailing shape (e.g. a
+        parameter, or its first rows). A dim-0 range is one contiguous byte range on disk, so
+        nothing else is allocated. Counts as consuming the whole tensor for progress.
+        """
+        key = self._key(name)
+        info = self.infos[key]
+        rest = tuple(info.shape[1:])
+        if (out.dtype != info.dtype or tuple(out.shape[1:]) != rest or not out.is_contiguous()
+                or out.device.type != "cpu" or not info.shape or row < 0 or row + out.shape[0] > info.shape[0]):
+            raise ValueError(f"{key}: cannot read rows {row}..{row + (out.shape[0] if out.dim() else 0)} of "
+                             f"{list(info.shape)} {info.dtype} into {list(out.shape)} {out.dtype}")
+        if out.numel():
+            self._read(key, row * (out.numel() // out.shape[0]) * out.element_size(), out)
+        self._consumed(key)
 
     __call__ = get
 

@@ -23,7 +23,7 @@ from r1vfree_mcore.conversion.hf_io import HFReader, copy_metadata_files
 from r1vfree_mcore.conversion.outdir import atomic_output, check_output
 from r1vfree_mcore.conversion.progress import Progress
 from r1vfree_mcore.conversion.stage import DTYPES
-from r1vfree_mcore.conversion.workers import RankFailure, spawn_ranks
+from r1vfree_mcore.conversion.workers import RankFailure, run_ranks
 from r1vfree_mcore.parallel.state import ParallelConfig
 
 _HF_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -99,20 +99,18 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
 
     t0 = time.perf_counter()
     hf_config = load_hf_config(hf_dir)
-    reader = HFReader(hf_dir)
+
+    def on_read(nbytes):
+        with counters.get_lock():
+            counters[0] += nbytes
+            counters[1] += 1
+
+    reader = HFReader(hf_dir, on_read=on_read)
     model = build_empty_stage(hf_config, parallel, DTYPES[dtype_name], materialize=False)
     _check_shapes(model, reader, hf_config)
     materialize(model)
-
-    def get(name):
-        t = reader.get(name)
-        with counters.get_lock():
-            counters[0] += t.numel() * t.element_size()
-            counters[1] += 1
-        return t
-
     t1 = time.perf_counter()
-    load_hf_state_dict(model, get, hf_config)
+    load_hf_state_dict(model, reader, hf_config)
     reader.close()
     t2 = time.perf_counter()
     _fast_write_results_queue()
@@ -124,12 +122,18 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
 
 
 def _rank_main(rank, world, counters, jobs, tp, pp, split):
-    """One TP x PP rank: every job in turn (one process start-up for many checkpoints)."""
-    from r1vfree_mcore.parallel.state import initialize_parallel
+    """One TP x PP rank: every job in turn (one process start-up for many checkpoints).
+
+    Leaves megatron's parallel state as it found it (none), also when run in the caller's process.
+    """
+    from r1vfree_mcore.parallel.state import destroy_parallel, initialize_parallel
 
     parallel = ParallelConfig(tp, pp, split)
     initialize_parallel(parallel)
-    stats = [_convert_one(counters, hf_dir, dist_dir, parallel, dtype) for hf_dir, dist_dir, dtype in jobs]
+    try:
+        stats = [_convert_one(counters, hf_dir, dist_dir, parallel, dtype) for hf_dir, dist_dir, dtype in jobs]
+    finally:
+        destroy_parallel()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return [dict(s, peak_rss_bytes=peak) for s in stats]
 
@@ -167,11 +171,14 @@ def _finish(tmp: Path, hf_dir: Path, hf_config, reader: HFReader, parallel: Para
 
 def hf_to_mcore_many(jobs: Sequence[tuple[str | Path, str | Path]], *, tp: int = 1, pp: int = 1,
                      pp_layer_split: tuple[int, ...] | None = None, dtype: str = "auto",
-                     verify: bool = False, force: bool = False, progress: bool = True) -> list[dict]:
+                     verify: bool = False, force: bool = False, progress: bool = True,
+                     in_process: bool | None = None) -> list[dict]:
     """Convert several HF checkpoints ``(hf_dir, out)`` with one set of ``tp * pp`` rank processes.
 
     Every input is checked before any rank starts; outputs appear together at the end (each
-    atomically). Returns one summary per job, as :func:`hf_to_mcore`.
+    atomically). Returns one summary per job, as :func:`hf_to_mcore`. ``in_process``: run a
+    TP=1/PP=1 conversion in this process (None: when no torch.distributed group exists here;
+    see :func:`~r1vfree_mcore.conversion.workers.run_ranks`).
     """
     parallel = ParallelConfig(tp, pp, tuple(pp_layer_split) if pp_layer_split else None)
     jobs = [(Path(h), Path(o)) for h, o in jobs]
@@ -188,8 +195,8 @@ def hf_to_mcore_many(jobs: Sequence[tuple[str | Path, str | Path]], *, tp: int =
         bar = Progress("hf-to-mcore", total * tp, sum(len(r.names()) for _, r, _ in prepared) * tp, enabled=progress)
         rank_jobs = [(str(h), str(t / md.DIST), d) for (h, _), t, (_, _, d) in zip(jobs, tmps, prepared)]
         try:
-            stats = spawn_ranks(_rank_main, tp * pp, rank_jobs, tp, pp, parallel.pp_layer_split,
-                                on_poll=bar.update_from)
+            stats = run_ranks(_rank_main, tp * pp, rank_jobs, tp, pp, parallel.pp_layer_split,
+                              in_process=in_process, on_poll=bar.update_from)
         except RankFailure as exc:
             if "ConversionError" in exc.first_line or "ValueError" in exc.first_line:
                 raise ConversionError(exc.first_line.split(": ", 2)[-1]) from None
@@ -214,13 +221,15 @@ def hf_to_mcore_many(jobs: Sequence[tuple[str | Path, str | Path]], *, tp: int =
 
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, *, tp: int = 1, pp: int = 1,
                 pp_layer_split: tuple[int, ...] | None = None, dtype: str = "auto",
-                verify: bool = False, force: bool = False, progress: bool = True) -> dict:
+                verify: bool = False, force: bool = False, progress: bool = True,
+                in_process: bool | None = None) -> dict:
     """Convert an HF Qwen2-VL / Qwen2.5-VL checkpoint to a Megatron dist checkpoint at ``out``.
 
-    Spawns ``tp * pp`` gloo CPU processes. ``dtype``: 'auto' (the HF checkpoint's), 'fp32',
+    Spawns ``tp * pp`` gloo CPU processes (TP=1/PP=1: runs in this process unless it already
+    has a torch.distributed group, or ``in_process=False``). ``dtype``: 'auto' (the HF checkpoint's), 'fp32',
     'bf16' or 'fp16'. Returns a summary dict (seconds, bytes, peak RSS per rank, rank-0 phase
     times, and ``max_abs_logit_diff`` when ``verify``). Raises :class:`ConversionError` on bad
     input (output left untouched).
     """
     return hf_to_mcore_many([(hf_dir, out)], tp=tp, pp=pp, pp_layer_split=pp_layer_split, dtype=dtype,
-                            verify=verify, force=force, progress=progress)[0]
+                            verify=verify, force=force, progress=progress, in_process=in_process)[0]

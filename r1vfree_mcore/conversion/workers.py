@@ -1,11 +1,14 @@
-"""Run one function on N spawned gloo ranks (the TP x PP ranks of a conversion).
+"""Run one function on N gloo ranks (the TP x PP ranks of a conversion).
 
 Production counterpart of the test harness: a free port, fresh ``spawn`` processes, shared
 progress counters, and every failing rank's traceback in the raised :class:`RankFailure`.
+:func:`run_ranks` runs a world of one in this process instead when it can (no process start-up
+and no second copy of torch / megatron / transformers in memory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import pickle
@@ -95,3 +98,57 @@ def spawn_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float =
         real = {r: f for r, f in failures.items() if f[1]}
         raise RankFailure(real or failures)
     return [pickle.loads(done[r][1]) for r in range(world)]
+
+
+class _LocalCounters(list):
+    """The in-process stand-in for the shared counters: same interface, reports every change."""
+
+    def __init__(self, on_poll: Callable[[Any], None] | None):
+        super().__init__([0, 0, 0, 0])
+        self._on_poll = on_poll
+
+    def get_lock(self):
+        return contextlib.nullcontext()
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if self._on_poll is not None:
+            self._on_poll(self)
+
+
+def can_run_in_process(world: int) -> bool:
+    """A world of one can run here if this process is not already part of a torch.distributed job."""
+    import torch.distributed as dist
+
+    return world == 1 and not (dist.is_available() and dist.is_initialized())
+
+
+def run_ranks(fn: Callable[..., Any], world: int, *args: Any, in_process: bool | None = None,
+              on_poll: Callable[[Any], None] | None = None, **kwargs: Any) -> list[Any]:
+    """:func:`spawn_ranks`, or for a world of one ``fn`` in this process on a private gloo group.
+
+    ``in_process``: None picks it when :func:`can_run_in_process`; True requires it. The group
+    (an in-memory store, no port) is created and destroyed here, and a failure is raised as the
+    same :class:`RankFailure` a spawned rank would give; ``fn`` must undo any other global state
+    it sets up (e.g. megatron's parallel state).
+    """
+    if in_process is None:
+        in_process = can_run_in_process(world)
+    if not in_process:
+        return spawn_ranks(fn, world, *args, on_poll=on_poll, **kwargs)
+    if not can_run_in_process(world):
+        raise ValueError(f"in_process needs a world of 1 and no torch.distributed group here (world={world})")
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    counters = _LocalCounters(on_poll)
+    try:
+        out = fn(0, 1, counters, *args)
+    except Exception as exc:
+        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise RankFailure({0: (line, traceback.format_exc())}) from exc
+    finally:
+        dist.destroy_process_group()
+    if on_poll is not None:
+        on_poll(counters)
+    return [out]

@@ -87,3 +87,44 @@ def test_cli_roundtrip_tp1_pp1_with_verify(tiny, tmp_path, capsys):
     assert float(out.split("max_abs_logit_diff=")[1].split()[0]) < 1e-4
     assert (back / "model.safetensors").is_file()  # below 2GB: one file, no index
     _check_hf_dir(src, back, True)
+
+
+def _as_bf16(src, dst):
+    """A copy of ``src`` stored in bf16 (weights and config dtype)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.pop("torch_dtype", None)
+    (dst / "config.json").write_text(json.dumps(dict(cfg, dtype="bfloat16")))
+    save_file({k: v.bfloat16() for k, v in hf_tensors(src).items()}, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_bf16_roundtrip_in_process_is_bit_exact_and_leaves_no_group(tiny, tmp_path):
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    src = _as_bf16(tiny("qwen2_vl", True), tmp_path / "bf16")
+    mc, back = tmp_path / "mcore", tmp_path / "hf"
+    hf_to_mcore(src, mc, progress=False)  # TP=1/PP=1: in this process
+    assert not dist.is_initialized() and not parallel_state.model_parallel_is_initialized()
+    assert json.loads((mc / "conversion.json").read_text())["dtype"] == "bf16"
+    mcore_to_hf(mc, back, progress=False)
+    _check_hf_dir(src, back, True)
+
+
+@pytest.mark.slow
+def test_fp32_to_bf16_at_tp2_casts_each_value_once(tiny, tmp_path):
+    import torch
+
+    src = tiny("qwen2_5_vl", False)
+    mc, back = tmp_path / "mcore", tmp_path / "hf"
+    hf_to_mcore(src, mc, tp=2, dtype="bf16", progress=False)  # padded vocab split over 2 ranks
+    mcore_to_hf(mc, back, progress=False)
+    a, b = hf_tensors(src), hf_tensors(back)
+    assert set(a) == set(b)
+    bad = [k for k in a if b[k].dtype != torch.bfloat16 or not torch.equal(b[k], a[k].to(torch.bfloat16))]
+    assert not bad, bad[:5]

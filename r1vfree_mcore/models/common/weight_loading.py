@@ -94,29 +94,103 @@ def _tp():
     return ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_group()
 
 
+def _rows_of(rule: Rule, ctx: ConvertCtx, hf_rows: int, tp: int, rank: int) -> tuple[int, int]:
+    """(first row, row count) of this rank's shard of a 'copy'/'vocab' tensor split along dim 0.
+
+    Same rows as ``split_tp(rule.split, hf_to_megatron(rule.convert, ...))``: 'vocab' pads the HF
+    rows up to the padded vocab, and dim-0 shards follow ``torch.chunk`` (ceil-sized chunks).
+    """
+    full = max(ctx.padded_vocab_size, hf_rows) if rule.convert == "vocab" else hf_rows
+    if rule.split == "replicated" or tp == 1:
+        return 0, full
+    per = -(-full // tp)
+    start = min(rank * per, full)
+    return start, min(per, full - start)
+
+
+def _fill_rows(param: torch.Tensor, rule: Rule, ctx: ConvertCtx, hf_shape, tp: int, rank: int,
+               copy_rows: Callable[[int, torch.Tensor], None]) -> bool:
+    """Fill ``param`` with its row range of a 'copy'/'vocab' HF tensor in place, zeroing vocab
+    padding rows; ``copy_rows(first_row, dst)`` fills ``dst`` with HF rows from ``first_row`` on.
+    No padded or sharded temporary. False (nothing written) if the shapes do not line up.
+    """
+    start, count = _rows_of(rule, ctx, hf_shape[0], tp, rank)
+    if tuple(param.shape) != (count, *hf_shape[1:]):
+        return False
+    real = max(0, min(count, hf_shape[0] - start))  # rows that come from HF; the rest is vocab padding
+    if real:
+        copy_rows(start, param[:real])
+    if real < count:
+        param[real:].zero_()
+    return True
+
+
+def _row_wise(rule: Rule, tp: int) -> bool:
+    return rule.convert in ("copy", "vocab") and (rule.split in ("replicated", "dim0") or tp == 1)
+
+
 @torch.no_grad()
 def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None) -> list[str]:
     """Copy this rank's TP/PP shard of every parameter from HF tensors; returns the local names.
 
     ``hf_tensors``: a mapping or a getter ``name -> Tensor`` (raising KeyError when absent), in
     either HF key layout. Every parameter of ``model`` must be covered, or KeyError is raised.
+    Tensors stay in their own dtype until the single cast into the parameter (the transforms
+    only move values), so a source of the parameter dtype is copied bit for bit. A getter that
+    also has ``info(name)`` (shape/dtype, KeyError when absent) and ``read_rows_into(name, row,
+    out)`` (e.g. :class:`~r1vfree_mcore.conversion.hf_io.HFReader`) lets row-wise
+    tensors (plain copies, the padded vocab, dim-0 shards) go from disk into the parameter
+    without a temporary.
     """
     hf_config = hf_config or model.hf_config
     rules, tied = weight_map_of(hf_config), tied_embeddings(hf_config)
     ctx = convert_ctx(hf_config, model.padded_vocab_size)
     tp, rank, _ = _tp()
+    direct = callable(hf_tensors) and hasattr(hf_tensors, "read_rows_into") and hasattr(hf_tensors, "info")
     loaded = []
     for local, param in model.named_parameters():
         rule, idx = match_rule(rules, global_name(model, local))
-        hf = [_fetch(hf_tensors, n).to(torch.float32) for n in _hf_names(rule, idx, tied)]
-        shard = split_tp(rule.split, hf_to_megatron(rule.convert, hf, ctx), tp, rank)
-        if shard.shape != param.shape:
-            raise ValueError(
-                f"{local}: shape {tuple(param.shape)} but HF {_hf_names(rule, idx, tied)} give {tuple(shard.shape)}"
-            )
-        param.copy_(shard)
+        names = _hf_names(rule, idx, tied)
+        if _row_wise(rule, tp):
+            if direct and param.device.type == "cpu" and param.is_contiguous():
+                name, info = _fetch_info(hf_tensors, names[0])
+                if info.dtype == param.dtype:  # straight from disk into the parameter
+                    shape = tuple(info.shape)
+                    ok = _fill_rows(param, rule, ctx, shape, tp, rank,
+                                    lambda row, dst: hf_tensors.read_rows_into(name, row, dst))
+                    _check(ok, local, param, names, _row_shape(rule, ctx, shape, tp, rank))
+                    loaded.append(local)
+                    continue
+            hf = _fetch(hf_tensors, names[0])
+            ok = _fill_rows(param, rule, ctx, hf.shape, tp, rank,
+                            lambda row, dst: dst.copy_(hf[row:row + dst.shape[0]]))
+            _check(ok, local, param, names, _row_shape(rule, ctx, hf.shape, tp, rank))
+        else:
+            hf = [_fetch(hf_tensors, n) for n in names]
+            shard = split_tp(rule.split, hf_to_megatron(rule.convert, hf, ctx), tp, rank)
+            _check(shard.shape == param.shape, local, param, names, shard.shape)
+            param.copy_(shard)
         loaded.append(local)
     return loaded
+
+
+def _row_shape(rule, ctx, hf_shape, tp, rank) -> tuple[int, ...]:
+    return (_rows_of(rule, ctx, hf_shape[0], tp, rank)[1], *hf_shape[1:])
+
+
+def _check(ok: bool, local: str, param, names, got) -> None:
+    if not ok:
+        raise ValueError(f"{local}: shape {tuple(param.shape)} but HF {names} give {tuple(got)}")
+
+
+def _fetch_info(source, name: str):
+    """(alias found, its info) from a source with ``info``; KeyError as :func:`_fetch`."""
+    for alias in hf_aliases(name):
+        try:
+            return alias, source.info(alias)
+        except KeyError:
+            continue
+    raise KeyError(f"HF tensor {name!r} not found (also tried {hf_aliases(name)[1:]})")
 
 
 def gather_full_tensors(model, tensors: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,56 @@
+"""The streaming safetensors reader: whole tensors, row ranges read straight into a tensor, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from r1vfree_mcore.conversion.hf_io import HFReader
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    tensors = {
+        "model.embed_tokens.weight": torch.randn(10, 4).to(torch.bfloat16),
+        "model.norm.weight": torch.randn(4),
+        "visual.blocks.0.attn.qkv.bias": torch.arange(6, dtype=torch.float16),
+    }
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    return tmp_path, tensors
+
+
+def test_get_returns_exact_tensors_and_reports_each_once(ckpt):
+    d, tensors = ckpt
+    seen = []
+    reader = HFReader(d, on_read=seen.append)
+    for name, want in tensors.items():
+        got = reader.get(name)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert torch.equal(reader.get("model.visual.blocks.0.attn.qkv.bias"), tensors["visual.blocks.0.attn.qkv.bias"])
+    assert seen == [t.numel() * t.element_size() for t in tensors.values()] + [12]
+    with pytest.raises(KeyError):
+        reader.get("lm_head.weight")
+
+
+def test_read_rows_into_fills_only_the_rows_asked(ckpt):
+    d, tensors = ckpt
+    reader = HFReader(d)
+    emb = tensors["model.embed_tokens.weight"]
+    out = torch.full((7, 4), 5.0, dtype=torch.bfloat16)
+    reader.read_rows_into("model.language_model.embed_tokens.weight", 3, out[:4])  # 5.x spelling
+    assert torch.equal(out[:4], emb[3:7]) and (out[4:] == 5).all()
+    bias = torch.empty(2, dtype=torch.float16)
+    reader.read_rows_into("visual.blocks.0.attn.qkv.bias", 4, bias)
+    assert bias.tolist() == [4.0, 5.0]
+
+
+@pytest.mark.parametrize("out,row", [
+    (torch.empty(4, 4, dtype=torch.float32), 0),  # wrong dtype
+    (torch.empty(4, 3, dtype=torch.bfloat16), 0),  # wrong trailing shape
+    (torch.empty(4, 4, dtype=torch.bfloat16), 7),  # past the last row
+    (torch.empty(4, 8, dtype=torch.bfloat16)[:, :4], 0),  # not contiguous
+])
+def test_read_rows_into_rejects_what_does_not_fit(ckpt, out, row):
+    with pytest.raises(ValueError, match="model.embed_tokens.weight: cannot read rows"):
+        HFReader(ckpt[0]).read_rows_into("model.embed_tokens.weight", row, out)
