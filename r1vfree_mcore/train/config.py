@@ -144,6 +144,7 @@ class GRPOConfig:
     micro_batch_size: Optional[int] = None  # sequences per forward pass; None = num_generations
     normalize_std: bool = True  # False = Dr. GRPO advantages
     adv_eps: float = 1e-4
+    pack_sequences: bool = True  # THD-pack each micro-batch of the log-prob/training passes (no padding FLOPs)
 
     def __post_init__(self):
         _check(self.beta >= 0, "grpo.beta", "must be >= 0")

@@ -26,6 +26,7 @@ from r1vfree_mcore.rollout.generator import MegatronGenerator, SamplingParams, d
 from r1vfree_mcore.rollout.prompts import build_prompt_batch
 from r1vfree_mcore.train.metrics import MetricsLogger
 from r1vfree_mcore.train.optimizer import current_lr
+from r1vfree_mcore.train.packed_pass import packed_forward
 from r1vfree_mcore.train.setup import Components
 from r1vfree_mcore.train.step import LossSettings, PassConfig, logprob_pass, train_minibatch
 
@@ -114,8 +115,11 @@ class Trainer:
         n_seq = r.prompts_per_step * r.num_generations
         micro = self.cfg.grpo.micro_batch_size or r.num_generations
         self.precision = c.precision
-        forward = self.precision.wrap_forward(model_forward) if self.precision else model_forward
-        self.passes = PassConfig(r.temperature, self.real_vocab, micro, forward_fn=forward)
+        pack = self.cfg.grpo.pack_sequences
+        forward = packed_forward if pack else model_forward
+        forward = self.precision.wrap_forward(forward) if self.precision else forward
+        self.passes = PassConfig(r.temperature, self.real_vocab, micro, forward_fn=forward,
+                                 pack_with=c.hf_config if pack else None)
         self.hf_export_failures = 0
         self.loss_cfg = LossSettings(self.cfg.grpo.beta, self.cfg.grpo.clip_eps_low, self.cfg.grpo.clip_eps_high,
                                      self.cfg.grpo.aggregation)

@@ -8,7 +8,7 @@ logits (never gathered over the vocabulary) and stay there: the loss is computed
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -16,6 +16,7 @@ from r1vfree_mcore.grpo.logprobs import vocab_parallel_logprobs
 from r1vfree_mcore.grpo.loss import grpo_loss
 from r1vfree_mcore.parallel.schedule import run_microbatches
 from r1vfree_mcore.rollout.generator import Rollout, model_forward
+from r1vfree_mcore.train.packed_pass import completion_logits, pack_microbatch
 
 
 @dataclass
@@ -25,12 +26,17 @@ class PassConfig:
     temperature: float
     real_vocab_size: int
     micro_batch_size: int
-    # The policy forward on one micro-batch; PrecisionPlan.wrap_forward(model_forward) adds autocast.
+    # The policy forward on one micro-batch (model_forward, or packed_forward when packing);
+    # PrecisionPlan.wrap_forward adds autocast.
     forward_fn: Callable = model_forward
+    # The HF config to pack micro-batches with (THD, train/packed_pass.py); None = padded.
+    pack_with: Any = None
 
 
-def microbatches(rollout: Rollout, rows: list[int], micro: int, extra: dict | None = None) -> list[dict]:
-    """Slice sequences ``rows`` of a rollout into micro-batch dicts (one image per sequence)."""
+def microbatches(rollout: Rollout, rows: list[int], micro: int, extra: dict | None = None,
+                 pack_with=None) -> list[dict]:
+    """Slice sequences ``rows`` of a rollout into micro-batch dicts (one image per sequence),
+    each packed into one THD row when ``pack_with`` (the HF config) is given."""
     ids, mask = rollout.full_input_ids(), rollout.full_attention_mask()
     thw = rollout.prompts.image_grid_thw
     offsets = torch.cat([thw.new_zeros(1), thw.prod(-1).cumsum(0)])
@@ -50,17 +56,14 @@ def microbatches(rollout: Rollout, rows: list[int], micro: int, extra: dict | No
         }
         for k, v in (extra or {}).items():
             mb[k] = None if v is None else v[r]
-        out.append(mb)
+        out.append(pack_microbatch(mb, pack_with) if pack_with is not None else mb)
     return out
 
 
 def completion_logprobs(logits: torch.Tensor, mb: dict, cfg: PassConfig, entropy: bool = False):
     """Log-probs (and entropy) of the completion tokens from vocab-parallel logits [b, s, V/TP]."""
-    p = mb["prompt_len"]
-    # Position t predicts token t+1: completion token j is predicted at p - 1 + j.
-    lg = logits[:, p - 1 : p - 1 + mb["completion_ids"].shape[1]]
     return vocab_parallel_logprobs(
-        lg,
+        completion_logits(logits, mb),
         mb["completion_ids"],
         temperature=cfg.temperature,
         real_vocab_size=cfg.real_vocab_size,
@@ -71,7 +74,7 @@ def completion_logprobs(logits: torch.Tensor, mb: dict, cfg: PassConfig, entropy
 def logprob_pass(model, rollout: Rollout, cfg: PassConfig) -> torch.Tensor | None:
     """Forward-only log-probs of every completion token, [N, C] on the last stage (else None)."""
     rows = list(range(rollout.completion_ids.shape[0]))
-    mbs = microbatches(rollout, rows, cfg.micro_batch_size)
+    mbs = microbatches(rollout, rows, cfg.micro_batch_size, pack_with=cfg.pack_with)
 
     def collect(mb, logits):
         lp, _ = completion_logprobs(logits, mb, cfg)
@@ -107,7 +110,7 @@ def train_minibatch(model, rollout: Rollout, rows: list[int], advantages: torch.
     metrics from the last stage.
     """
     extra = {"adv": advantages, "old": old_logprobs, "ref": ref_logprobs}
-    mbs = microbatches(rollout, rows, cfg.micro_batch_size, extra)
+    mbs = microbatches(rollout, rows, cfg.micro_batch_size, extra, pack_with=cfg.pack_with)
 
     def loss_fn(mb, logits):
         lp, ent = completion_logprobs(logits, mb, cfg, entropy=True)
