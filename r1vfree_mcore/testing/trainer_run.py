@@ -7,6 +7,8 @@ from pathlib import Path
 
 from r1vfree_mcore.parallel.ports import free_port
 
+LAUNCHER_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                 "GROUP_RANK", "TORCHELASTIC_RUN_ID")
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "launch" / "configs" / "tiny_cpu.yaml"
 def trainer_args(assets, run_dir, *extra, data=None):
@@ -23,7 +25,10 @@ def trainer_args(assets, run_dir, *extra, data=None):
 
 def run_trainer(args, nproc=1, timeout=300, **popen):
     """Run r1vfree-train (under torchrun when nproc > 1); returns the CompletedProcess."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # A test process that set up its own process group leaves MASTER_PORT/RANK/WORLD_SIZE in its
+    # environment, and its store still listens there: the trainer must not inherit them.
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     if nproc == 1:
         cmd = [sys.executable, "-m", "r1vfree_mcore.train.cli", *args]
     else:
