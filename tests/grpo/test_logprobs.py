@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from grpo_reference import dense_logprobs, grads_of, make_logits
+from r1vfree_mcore.grpo import softmax_rows
 from r1vfree_mcore.grpo.logprobs import fused_linear_logprobs, vocab_parallel_logprobs
 
 B, T, V_PAD, REAL_V = 3, 7, 24, 21
@@ -16,9 +17,12 @@ def _ours(logits, targets, temperature, chunk, entropy=True):
                                    real_vocab_size=REAL_V, compute_entropy=entropy)
 
 
+@pytest.mark.parametrize("block_rows", [None, 2])
 @pytest.mark.parametrize("chunk", [1, 4, 5, 1000])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_values_and_grads_match_dense(chunk, temperature):
+def test_values_and_grads_match_dense(chunk, temperature, block_rows, monkeypatch):
+    if block_rows is not None:  # several CPU row blocks per chunk, as at a real vocab size
+        monkeypatch.setattr(softmax_rows, "_CPU_BLOCK_ELEMS", block_rows * REAL_V)
     logits64, targets = make_logits(B, T, V_PAD, REAL_V, seed=chunk)
     logits = logits64.float().requires_grad_()
     ref_in = logits64.clone().requires_grad_()
@@ -90,8 +94,12 @@ def test_bad_inputs_raise_clear_errors():
         vocab_parallel_logprobs(logits, torch.zeros(2, 3))
 
 
+@pytest.mark.parametrize("cache_chunks", [0, 2, 100])
 @pytest.mark.parametrize("sequence_first", [False, True])
-def test_fused_linear_matches_dense(sequence_first):
+def test_fused_linear_matches_dense(sequence_first, cache_chunks, monkeypatch):
+    # 21 rows in chunks of 4: none, some or all chunks' logits kept for the backward;
+    # 3-row CPU blocks, so a chunk spans two blocks
+    monkeypatch.setattr(softmax_rows, "_CPU_BLOCK_ELEMS", 3 * REAL_V)
     g = torch.Generator().manual_seed(7)
     hid = 16
     hidden64 = torch.randn(B, T, hid, generator=g, dtype=torch.float64)
@@ -103,7 +111,8 @@ def test_fused_linear_matches_dense(sequence_first):
         h_in = h.transpose(0, 1) if sequence_first else h
         return fused_linear_logprobs(h_in, w, targets, sequence_first=sequence_first,
                                      temperature=0.8, chunk_size=4, real_vocab_size=REAL_V,
-                                     compute_entropy=True)
+                                     compute_entropy=True,
+                                     logits_cache_bytes=cache_chunks * 4 * REAL_V * 4)
 
     def ref(h, w):
         return dense_logprobs(h @ w.t(), targets, 0.8, REAL_V)

@@ -42,12 +42,14 @@ def _tp_worker(rank, world):
         weight = torch.randn(v_pad, HID, generator=gen)
         w_shard = weight[cols].clone().requires_grad_()
         # default group/vocab_start: megatron not initialised -> would be single rank, so pass them
-        gs, (lp2, ent2) = grads_of(
-            lambda h, w: fused_linear_logprobs(
-                h, w, targets, sequence_first=True, chunk_size=4, vocab_start=rank * local,
-                real_vocab_size=real_v, group=dist.group.WORLD, compute_entropy=True),
-            [hidden.clone().requires_grad_(), w_shard], up)
-        out.append(("fused", case, lp2, ent2, gs))
+        for cache_bytes in (0, 10**9):  # recompute every chunk / keep every chunk's logits
+            gs, (lp2, ent2) = grads_of(
+                lambda h, w: fused_linear_logprobs(
+                    h, w, targets, sequence_first=True, chunk_size=4, vocab_start=rank * local,
+                    real_vocab_size=real_v, group=dist.group.WORLD, compute_entropy=True,
+                    logits_cache_bytes=cache_bytes),
+                [hidden.clone().requires_grad_(), w_shard.detach().clone().requires_grad_()], up)
+            out.append(("fused", case, lp2, ent2, gs))
     return out
 
 
