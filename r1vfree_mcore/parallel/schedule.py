@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from r1vfree_mcore.parallel.cpu_compat import mode_suspended
+
 
 def run_microbatches(
     model: torch.nn.Module,
@@ -43,10 +45,12 @@ def run_microbatches(
 
     def step(data_iterator, m):
         mb = to_device(next(data_iterator), device)
-        out = forward_fn(m, mb)
+        with mode_suspended():  # the hot path: no per-op device rewriting on CPU
+            out = forward_fn(m, mb)
 
         def _loss(output):
-            loss, info = loss_fn(mb, output)
+            with mode_suspended():
+                loss, info = loss_fn(mb, output)
             return loss * n, info  # cancel the schedule's division by n
 
         return out, _loss

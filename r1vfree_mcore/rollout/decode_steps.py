@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from r1vfree_mcore.parallel.schedule import run_microbatches
-from r1vfree_mcore.rollout.prompts import PromptBatch
+from r1vfree_mcore.models.common.inference import repeat_cached_rows
+from r1vfree_mcore.rollout.prompts import PromptBatch, repeated_rows, select_rows
 
 
 _FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "pixel_values", "image_grid_thw", "inference_context")
@@ -75,7 +76,11 @@ class RecomputeSteps:
 
 
 class CachedSteps:
-    """Prompt once into megatron's static KV cache (this stage's layers), then one token per step."""
+    """Prompt once into megatron's static KV cache (this stage's layers), then one token per step.
+
+    Identical prompt rows (the G copies of a GRPO prompt) are prefilled once and their cache rows
+    copied, so the prompt and its image cost one forward per distinct prompt, not per sample.
+    """
 
     def __init__(self, model, vocab: int, prompts: PromptBatch, max_new_tokens: int):
         from r1vfree_mcore.models.common.inference import new_static_context
@@ -89,17 +94,27 @@ class CachedSteps:
         self.positions = get_rope_index(prompts.input_ids, prompts.image_grid_thw, self.mask, hf_config)
         self.next_position = self.positions.amax(dim=(0, 2)) + 1  # [N]; padding has position 0
 
-    def _run(self, mb: dict) -> torch.Tensor | None:
-        mb.update(attention_mask=self.mask, position_ids=self.positions, inference_context=self.context)
+    def _run(self, mb: dict, rows: list[int] | None = None) -> torch.Tensor | None:
+        mask, positions = (self.mask, self.positions) if rows is None else (self.mask[rows], self.positions[:, rows])
+        mb.update(attention_mask=mask, position_ids=positions, inference_context=self.context)
         logits = _last_logits(self.model, mb, self.vocab, gathered=True)
         # Every stage advances its own context past the tokens it just cached.
         self.context.increment_sequence_len_offset(mb["input_ids"].shape[1])
         return logits
 
     def prefill(self) -> torch.Tensor | None:
+        """Run each distinct prompt once (GRPO repeats every prompt G times), then copy its cached
+        keys / values and its logits to the rows of its copies."""
         self.context.reset()
-        return self._run({"input_ids": self.prompts.input_ids, "pixel_values": self.prompts.pixel_values,
-                          "image_grid_thw": self.prompts.image_grid_thw})
+        keep, inverse = repeated_rows(self.prompts)
+        if len(keep) == len(inverse):
+            return self._run({"input_ids": self.prompts.input_ids, "pixel_values": self.prompts.pixel_values,
+                              "image_grid_thw": self.prompts.image_grid_thw})
+        sub = select_rows(self.prompts, keep)
+        logits = self._run({"input_ids": sub.input_ids, "pixel_values": sub.pixel_values,
+                            "image_grid_thw": sub.image_grid_thw}, rows=keep)
+        repeat_cached_rows(self.context, inverse)
+        return None if logits is None else logits[inverse]
 
     def step(self, tokens: torch.Tensor, alive: torch.Tensor) -> torch.Tensor | None:
         self.context.enable_decode_mode()

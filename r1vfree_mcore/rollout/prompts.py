@@ -64,6 +64,44 @@ def build_prompt_batch(samples: list[PromptSample], processor, group_size: int) 
     )
 
 
+def repeated_rows(batch: PromptBatch) -> tuple[list[int], torch.Tensor]:
+    """Collapse runs of identical consecutive sequences (the G copies of a prompt).
+
+    Returns ``(keep, inverse)``: ``keep`` the first row of each run, ``inverse[i]`` (``[N]`` long)
+    the position in ``keep`` of row ``i``'s run. Rows are equal when their token ids, attention
+    masks, image grids and image patches all are.
+    """
+    sizes = batch.image_grid_thw.prod(-1).tolist()
+    images = torch.split(batch.pixel_values, sizes)
+    keep, inverse = [0], [0]
+    for i in range(1, batch.num_sequences):
+        j = keep[-1]
+        same = (torch.equal(batch.input_ids[i], batch.input_ids[j])
+                and torch.equal(batch.attention_mask[i], batch.attention_mask[j])
+                and torch.equal(batch.image_grid_thw[i], batch.image_grid_thw[j])
+                and torch.equal(images[i], images[j]))
+        if not same:
+            keep.append(i)
+        inverse.append(len(keep) - 1)
+    return keep, torch.tensor(inverse)
+
+
+def select_rows(batch: PromptBatch, rows: list[int]) -> PromptBatch:
+    """The sub-batch of sequences ``rows`` (their images included)."""
+    sizes = batch.image_grid_thw.prod(-1).tolist()
+    images = torch.split(batch.pixel_values, sizes)
+    return PromptBatch(
+        input_ids=batch.input_ids[rows],
+        attention_mask=batch.attention_mask[rows],
+        pixel_values=torch.cat([images[i] for i in rows]),
+        image_grid_thw=batch.image_grid_thw[rows],
+        prompt_index=[batch.prompt_index[i] for i in rows],
+        group=batch.group[rows],
+        problems=batch.problems,
+        images_png=batch.images_png,
+    )
+
+
 def prompt_lengths(batch: PromptBatch) -> torch.Tensor:
     """Real (unpadded) prompt length of each sequence, image tokens included."""
     return batch.attention_mask.sum(-1)

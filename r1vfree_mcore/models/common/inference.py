@@ -24,6 +24,22 @@ def new_static_context(batch: int, max_sequence_length: int):
     return StaticInferenceContext(batch, max_sequence_length)
 
 
+def repeat_cached_rows(context, source: torch.Tensor) -> None:
+    """Fill cache rows ``0..len(source)-1`` with rows ``source`` (a ``[N]`` index) for the tokens
+    cached so far, in every layer's key / value buffer of this stage.
+
+    Used after prefilling only the distinct prompts into the first rows: row ``i`` then holds
+    exactly what prefilling its own (identical) prompt would have written.
+    """
+    end = context.sequence_len_offset
+    n = len(source)
+    for keys, values in context.key_value_memory_dict.values():
+        if n > keys.shape[1]:
+            raise ValueError(f"repeat_cached_rows: {n} rows for a cache of batch {keys.shape[1]}")
+        keys[:end, :n] = keys[:end, source.to(keys.device)]
+        values[:end, :n] = values[:end, source.to(values.device)]
+
+
 def cached_decoder_mask(key_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
     """Boolean mask (True = masked) ``[b, 1, new_tokens, L]`` for ``new_tokens`` queries over ``L`` keys.
 

@@ -56,6 +56,23 @@ def window_index(grid_thw: torch.Tensor, merge: int, window_px: int, patch: int)
     return torch.cat(order), torch.tensor(cu)
 
 
+def repeated_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor, sizes: list[int]):
+    """Collapse runs of identical consecutive images: ``(keep, inverse)`` with ``keep`` the index
+    of each run's first image and ``inverse[i]`` the position in ``keep`` of image ``i``'s run.
+
+    Images are equal when their grids and patch rows are (``torch.equal``: a cheap pass over the
+    pixels compared with encoding them).
+    """
+    chunks = torch.split(pixel_values, sizes)
+    keep, inverse = [0], [0]
+    for i in range(1, len(sizes)):
+        j = keep[-1]
+        if not (torch.equal(grid_thw[i], grid_thw[j]) and torch.equal(chunks[i], chunks[j])):
+            keep.append(i)
+        inverse.append(len(keep) - 1)
+    return keep, inverse
+
+
 class VisionRotary(torch.nn.Module):
     """2-D rope: half the rotary dims follow the row, half the column (HF's axial layout)."""
 
@@ -108,10 +125,28 @@ class VisionTower(MegatronModule):
         self.merger = PatchMerger(dims, backend, tp, params_dtype)
 
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Merged features ``[sum(t*h*w) / merge^2, out_hidden]``, images in order.
+
+        A run of identical consecutive images (GRPO's G copies of a prompt's image) is encoded
+        once and its features repeated: the same values, and in training the copies' gradients
+        add up through the repeat, as they would over separate copies.
+        """
+        grid_thw = grid_thw.cpu()
+        sizes = grid_thw.prod(-1).tolist()
+        keep, inverse = repeated_images(pixel_values, grid_thw, sizes) if len(sizes) > 1 else ([0], [0])
+        if len(keep) == len(sizes):
+            return self._features(pixel_values, grid_thw)
+        chunks = torch.split(pixel_values, sizes)
+        feats = self._features(torch.cat([chunks[i] for i in keep]), grid_thw[keep])
+        unit = self.dims.spatial_merge_size**2
+        parts = torch.split(feats, [sizes[i] // unit for i in keep])
+        return torch.cat([parts[j] for j in inverse])
+
+    def _features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         # A frozen encoder keeps no activations for backward (the merger may still train).
         trainable = any(p.requires_grad for n, p in self.named_parameters() if not n.startswith("merger."))
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
-            hidden, order = self._encode(pixel_values, grid_thw.cpu())
+            hidden, order = self._encode(pixel_values, grid_thw)
         merged = self.merger(hidden)
         if order is not None:
             merged = merged[torch.argsort(order)]

@@ -184,12 +184,40 @@ class QwenVLModel(MegatronModule):
         if position_ids is None or input_ids.shape[0] != 1:
             raise ValueError("packed_seq_params needs input_ids [1, T] and per-sequence position_ids [3, 1, T]")
         mask, psp = self.backend.packed_decoder_inputs(packed_seq_params)
+        if psp is None and self.pre_process and self.post_process:
+            # No THD attention in this backend: its stand-in mask is [T, T] (O(T^2) attention over
+            # the whole micro-batch); one padded row per sequence gives the same logits for
+            # sum(len^2). With PP the hidden states crossing stages stay packed: mask path.
+            return self._forward_packed_as_rows(input_ids, position_ids, pixel_values, image_grid_thw,
+                                                packed_seq_params.cu_seqlens_q)
         decoder_input = None
         if self.pre_process:
             decoder_input = self.language_model.embedding(input_ids=input_ids, position_ids=None)
             if pixel_values is not None:
                 decoder_input = self._scatter_images(decoder_input, input_ids, pixel_values, image_grid_thw)
         return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input, packed_seq_params=psp)
+
+    def _forward_packed_as_rows(self, input_ids, position_ids, pixel_values, image_grid_thw, cu_seqlens):
+        """Logits ``[1, T, V/TP]`` of a packed row computed as one right-padded row per segment."""
+        cu = cu_seqlens.tolist()
+        total = input_ids.shape[1]
+        if cu[0] != 0 or cu[-1] != total:
+            raise ValueError(f"cu_seqlens must run from 0 to the packed length {total}, got {cu[0]}..{cu[-1]}")
+        lengths = torch.tensor([b - a for a, b in zip(cu[:-1], cu[1:])])
+        seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(input_ids.device)
+        col = torch.arange(total, device=input_ids.device) - cu_seqlens.to(input_ids.device).long()[seg]
+        rows, width = len(lengths), int(lengths.max())
+        # Padding gets a token that is not <|image_pad|> (image features are matched to those).
+        pad_id = 1 if self.image_token_id == 0 else 0
+        ids = input_ids.new_full((rows, width), pad_id)
+        ids[seg, col] = input_ids[0]
+        pos = position_ids.new_zeros((3, rows, width))
+        pos[:, seg, col] = position_ids[:, 0]
+        keep = torch.zeros((rows, width), dtype=torch.long, device=input_ids.device)
+        keep[seg, col] = 1
+        logits = self.forward(ids, position_ids=pos, attention_mask=keep, pixel_values=pixel_values,
+                              image_grid_thw=image_grid_thw)
+        return logits[seg, col].unsqueeze(0)
 
     def _scatter_images(self, emb, input_ids, pixel_values, image_grid_thw):
         """Put the image features, in order, at the ``<|image_pad|>`` positions (batch-major, as HF)."""
