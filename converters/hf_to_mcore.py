@@ -10,4 +10,4 @@ import sys
 from r1vfree_mcore.conversion.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["hf-to-mcore", *sys.argv[1:]]))
+    sys.exit(main(["hf-to-mcore", *sys.argv[1:]], lean_imports=True))

@@ -10,4 +10,4 @@ import sys
 from r1vfree_mcore.conversion.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["mcore-to-hf", *sys.argv[1:]]))
+    sys.exit(main(["mcore-to-hf", *sys.argv[1:]], lean_imports=True))

@@ -49,9 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv=None, lean_imports: bool | None = None) -> int:
+    """Run the CLI; returns the exit status.
+
+    ``lean_imports`` (default: when ``argv`` is None, i.e. this process is the converter program)
+    imports megatron-core without its torch.compile / wandb parts (see
+    :mod:`r1vfree_mcore.conversion.lean_imports`); pass False when embedding in a process that
+    also runs models.
+    """
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if lean_imports is None:
+        lean_imports = argv is None
+    if lean_imports:
+        from r1vfree_mcore.conversion.lean_imports import import_megatron_lean
+
+        import_megatron_lean()
     from r1vfree_mcore.conversion.errors import ConversionError
 
     try:

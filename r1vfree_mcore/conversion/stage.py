@@ -30,14 +30,15 @@ def materialize(model: torch.nn.Module) -> None:
             module._parameters[name] = done[id(p)]
 
 
-def build_empty_stage(hf_config, parallel: ParallelConfig, dtype: torch.dtype, materialize: bool = True):
-    """This rank's stage with uninitialised CPU parameters (megatron parallel state must be up).
+def build_empty_stage(hf_config, parallel: ParallelConfig, dtype: torch.dtype, on_meta: bool = False):
+    """This rank's stage with uninitialised CPU parameters (megatron parallel state must be up);
+    ``on_meta``: leave them on the meta device (shape checks first, then :func:`materialize`).
 
     Buffers computed at construction (rope frequencies) are meta too: the result is for holding
     and saving weights, not for running forward.
     """
     with torch.device("meta"):
         model = build_model(hf_config, parallel, "local", params_dtype=dtype)
-    if materialize:
+    if not on_meta:
         materialize(model)
     return model
