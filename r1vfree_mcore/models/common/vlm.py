@@ -20,6 +20,7 @@ from r1vfree_mcore.models.common.configs import VisionDims, decoder_config
 from r1vfree_mcore.models.common.hf_config import family_of, rope_params, text_config, tied_embeddings
 from r1vfree_mcore.models.common.inference import cached_decoder_mask
 from r1vfree_mcore.models.common.layer_spec import transformer_layer_spec
+from r1vfree_mcore.models.common.prefix_rows import plan_prefix_rows
 from r1vfree_mcore.models.common.rope_index import get_rope_index
 from r1vfree_mcore.models.common.vision import VisionTower
 from r1vfree_mcore.parallel.state import ParallelConfig
@@ -186,8 +187,9 @@ class QwenVLModel(MegatronModule):
         mask, psp = self.backend.packed_decoder_inputs(packed_seq_params)
         if psp is None and self.pre_process and self.post_process:
             # No THD attention in this backend: its stand-in mask is [T, T] (O(T^2) attention over
-            # the whole micro-batch); one padded row per sequence gives the same logits for
-            # sum(len^2). With PP the hidden states crossing stages stay packed: mask path.
+            # the whole micro-batch). Padded rows give the same logits for far less, and the G
+            # copies of a prompt share one prefix. With PP the hidden states crossing stages stay
+            # packed: mask path.
             return self._forward_packed_as_rows(input_ids, position_ids, pixel_values, image_grid_thw,
                                                 packed_seq_params.cu_seqlens_q)
         decoder_input = None
@@ -198,26 +200,22 @@ class QwenVLModel(MegatronModule):
         return self.language_model(input_ids, position_ids, mask, decoder_input=decoder_input, packed_seq_params=psp)
 
     def _forward_packed_as_rows(self, input_ids, position_ids, pixel_values, image_grid_thw, cu_seqlens):
-        """Logits ``[1, T, V/TP]`` of a packed row computed as one right-padded row per segment."""
-        cu = cu_seqlens.tolist()
-        total = input_ids.shape[1]
-        if cu[0] != 0 or cu[-1] != total:
-            raise ValueError(f"cu_seqlens must run from 0 to the packed length {total}, got {cu[0]}..{cu[-1]}")
-        lengths = torch.tensor([b - a for a, b in zip(cu[:-1], cu[1:])])
-        seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(input_ids.device)
-        col = torch.arange(total, device=input_ids.device) - cu_seqlens.to(input_ids.device).long()[seg]
-        rows, width = len(lengths), int(lengths.max())
-        # Padding gets a token that is not <|image_pad|> (image features are matched to those).
-        pad_id = 1 if self.image_token_id == 0 else 0
-        ids = input_ids.new_full((rows, width), pad_id)
-        ids[seg, col] = input_ids[0]
-        pos = position_ids.new_zeros((3, rows, width))
-        pos[:, seg, col] = position_ids[:, 0]
-        keep = torch.zeros((rows, width), dtype=torch.long, device=input_ids.device)
-        keep[seg, col] = 1
-        logits = self.forward(ids, position_ids=pos, attention_mask=keep, pixel_values=pixel_values,
-                              image_grid_thw=image_grid_thw)
-        return logits[seg, col].unsqueeze(0)
+        """Logits ``[1, T, V/TP]`` of a packed row computed as padded rows in which consecutive
+        sequences share their common prompt prefix (:mod:`~r1vfree_mcore.models.common.prefix_rows`)."""
+        c = self.config
+        chunks = [] if image_grid_thw is None else list(torch.split(pixel_values, image_grid_thw.prod(-1).tolist()))
+        plan = plan_prefix_rows(
+            input_ids, position_ids, cu_seqlens, self.image_token_id, chunks, image_grid_thw,
+            self.hf_config.vision_config.spatial_merge_size, pad_token=1 if self.image_token_id == 0 else 0,
+            # Rough FLOPs: per token the QKV/proj/MLP weights, per query-key pair QK^T and PV.
+            token_cost=2 * (4 * c.hidden_size**2 + 3 * c.hidden_size * c.ffn_hidden_size), pair_cost=4 * c.hidden_size,
+        )
+        decoder_input = self.language_model.embedding(input_ids=plan.input_ids, position_ids=None)
+        if plan.images:
+            decoder_input = self._scatter_images(decoder_input, plan.input_ids, torch.cat([chunks[i] for i in plan.images]),
+                                                 image_grid_thw[plan.images])
+        logits = self.language_model(plan.input_ids, plan.position_ids, plan.mask, decoder_input=decoder_input)
+        return logits[plan.rows, plan.cols].unsqueeze(0)
 
     def _scatter_images(self, emb, input_ids, pixel_values, image_grid_thw):
         """Put the image features, in order, at the ``<|image_pad|>`` positions (batch-major, as HF)."""
