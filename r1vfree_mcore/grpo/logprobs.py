@@ -93,7 +93,8 @@ def vocab_parallel_logprobs(
         targets: ``[...]`` global token ids in ``[0, real_vocab_size)``, same leading shape.
         temperature: divides the logits exactly as at sampling time.
         chunk_size: rows (tokens) per chunk, i.e. per pair of TP all-reduces. The extra memory
-            is O(rows) plus a few MiB of fp32 scratch (O(chunk_size x V_local) on CUDA).
+            is O(rows) plus <= 64 MiB of fp32 scratch (x2 with entropy; on CUDA
+            O(chunk_size x V_local)).
         vocab_start: global id of this rank's first column (default ``tp_rank * V_local``).
         real_vocab_size: vocab size without padding (default ``V_local * TP``).
         group: TP process group (default: megatron's TP group if initialised, else none).

@@ -9,10 +9,10 @@ Each tensor-parallel (TP) rank holds ``V_local`` vocab columns, the global ids
 excluded (treated as ``-inf``). Per chunk of rows there are two TP all-reduces: MAX of the local
 row maxima, then one SUM of the stacked, rescaled ``[sum exp, target logit, sum p*logit]``.
 
-Why row blocks: on the CPU, every fp32 pass over a ``[rows, V]`` chunk streams it through memory
-(and a freshly allocated chunk pays a page fault per 4 KiB). Both kernels therefore walk the
-chunk ``block`` rows at a time through one small reused fp32 scratch (a few MiB, cache-resident),
-reading the raw (e.g. bf16) logits once and, in the backward, writing the gradient once. The
+Why row blocks: on the CPU, a fresh fp32 copy of a ``[rows, V]`` chunk costs a page fault per
+4 KiB and every fp32 pass over it streams it through memory. Both kernels therefore walk the
+chunk ``block`` rows at a time through one reused fp32 scratch (at most 64 MiB), reading the
+raw (e.g. bf16) logits once and, in the backward, writing the gradient once. The
 statistics of a block are local (own max), so one pass suffices; the TP combine rescales them
 by ``exp(local max - global max)``. On CUDA a block is the whole chunk (fewer kernel launches).
 """
@@ -27,10 +27,12 @@ import torch.distributed as dist
 
 # Logits shifted by the row max are clamped here so that -inf never meets 0 * inf in fp32.
 NEG_BIG = -1e30
-# fp32 elements per CPU row block (~19 MiB, 32 rows at V=151,936). On the 2-core EPYC VM, 16-32
-# rows were fastest (fwd + bwd of a 1024-row chunk: 0.21 s vs 0.86 s for whole-chunk fp32
-# passes); 65 rows was 2x slower, 3-4 rows much slower (per-op threading overhead).
-_CPU_BLOCK_ELEMS = 5_000_000
+# fp32 elements per CPU row block (64 MiB, 105 rows at V=151,936). Measured on the shared 2-core
+# EPYC VM, fwd + bwd of one 1024 x 151,936 bf16 chunk: whole-chunk fp32 passes (the previous
+# version) 0.86 s wall at best; 16-32-row blocks 0.21 s on a quiet machine but a 3.9 s median
+# under load ~13 (each op is a parallel region that waits for both threads, and small blocks
+# mean thousands of them); 131-row blocks 1.0 s median under the same load.
+_CPU_BLOCK_ELEMS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class StatsTable:
 
 
 class Scratch:
-    """Reusable fp32 row-block buffers for one call (allocated once, a few MiB on the CPU)."""
+    """Reusable fp32 row-block buffers for one call (allocated once, <= 64 MiB each on the CPU)."""
 
     def __init__(self, rows: int, shard: VocabShard, device: torch.device, n_buffers: int):
         nv = max(shard.n_valid, 1)
