@@ -119,13 +119,54 @@ def _slab_planner(slabs: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]):
     return SlabPlanner(flatten_state_dict=False)
 
 
+def _handoff_reader(dist_dir: Path):
+    """A DCP FileSystemReader that keeps a stored record's tensor when it alone fills a destination.
+
+    torch's reader loads every record into fresh memory and copies it into the preallocated
+    destination; when one record *is* the whole destination (a tensor saved unsharded, one
+    layer of a stack at TP=1) that copy (and touching the destination's pages) is skipped:
+    ``reader.whole[key]`` holds the loaded tensor instead. Other requests go the usual way.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan
+
+    class HandoffReader(FileSystemReader):
+        def __init__(self, path):
+            super().__init__(path)
+            self.whole: dict[str, torch.Tensor] = {}
+
+        def _whole_record(self, req, planner) -> bool:
+            md = self.storage_data[req.storage_index]
+            dest = planner.state_dict[req.dest_index.fqn]
+            return (req.type == LoadItemType.TENSOR and not md.transform_descriptors
+                    and not any(req.dest_offsets) and tuple(req.lengths) == tuple(dest.shape))
+
+        def read_data(self, plan, planner):
+            rest = []
+            for req in plan.items:
+                if not self._whole_record(req, planner):
+                    rest.append(req)
+                    continue
+                md = self.storage_data[req.storage_index]
+                with self.fs.create_stream(self.fs.concat_path(self.path, md.relative_path), "rb") as stream:
+                    t = torch.load(self._slice_file(stream, md), map_location="cpu", weights_only=True)
+                box = t[tuple(slice(o, o + n) for o, n in zip(req.storage_offsets, req.lengths))]
+                if box.numel() == t.numel():  # the record is exactly the box: keep it
+                    self.whole[req.dest_index.fqn] = box
+                else:  # part of a larger record: copy out as torch does (frees the rest)
+                    planner.state_dict[req.dest_index.fqn].copy_(box)
+            return super().read_data(LoadPlan(rest, plan.storage_data, plan.planner_data), planner)
+
+    return HandoffReader(str(dist_dir))
+
+
 def load_full(dist_dir: Path, wanted: dict[str, Slot]) -> dict[str, torch.Tensor]:
     """Global tensors ``name -> tensor`` for the given slots; reads only their bytes.
 
     One unit asks for each checkpoint key at most once (a unit is one layer, one block or one
     tensor), so the read is keyed by checkpoint key.
     """
-    from torch.distributed.checkpoint import FileSystemReader, load
+    from torch.distributed.checkpoint import load
 
     state, slabs, names = {}, {}, {}
     for name, s in wanted.items():
@@ -135,7 +176,9 @@ def load_full(dist_dir: Path, wanted: dict[str, Slot]) -> dict[str, torch.Tensor
         state[s.key] = torch.empty(lead + s.shape, dtype=s.dtype)
         offsets = (0,) * len(s.shape) if s.index is None else (s.index,) + (0,) * len(s.shape)
         slabs[s.key], names[s.key] = (offsets, lead + s.shape), name
-    load(state, storage_reader=FileSystemReader(str(dist_dir)), planner=_slab_planner(slabs), no_dist=True)
+    reader = _handoff_reader(dist_dir)
+    load(state, storage_reader=reader, planner=_slab_planner(slabs), no_dist=True)
+    state.update(reader.whole)
     return {names[k]: (t[0] if wanted[names[k]].index is not None else t) for k, t in state.items()}
 
 
