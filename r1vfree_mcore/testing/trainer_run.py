@@ -23,12 +23,20 @@ def trainer_args(assets, run_dir, *extra, data=None):
     ]
 
 
+def trainer_env(**extra) -> dict:
+    """The environment of a trainer subprocess started from a test.
+
+    A test process that set up its own process group leaves MASTER_PORT/RANK/WORLD_SIZE in its
+    environment, and its store still listens there: the trainer must not inherit them.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
 def run_trainer(args, nproc=1, timeout=300, **popen):
     """Run r1vfree-train (under torchrun when nproc > 1); returns the CompletedProcess."""
-    # A test process that set up its own process group leaves MASTER_PORT/RANK/WORLD_SIZE in its
-    # environment, and its store still listens there: the trainer must not inherit them.
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = trainer_env()
     if nproc == 1:
         cmd = [sys.executable, "-m", "r1vfree_mcore.train.cli", *args]
     else:

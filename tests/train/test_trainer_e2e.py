@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 
 from r1vfree_mcore.train.metrics import REQUIRED_KEYS, read_metrics
 
-from r1vfree_mcore.testing.trainer_run import ROOT, run_trainer, trainer_args
+from r1vfree_mcore.testing.trainer_run import ROOT, run_trainer, trainer_args, trainer_env
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +53,7 @@ def test_sigterm_checkpoint_and_exact_resume(tiny_assets, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     ref = read_metrics(ref_run)
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = trainer_env()
     proc = subprocess.Popen([sys.executable, "-m", "r1vfree_mcore.train.cli",
                              *trainer_args(tiny_assets, run, "--max-steps", "5")],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
