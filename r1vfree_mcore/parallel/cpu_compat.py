@@ -158,6 +158,31 @@ def mode_suspended():
         torch._C._push_on_torch_function_stack(_MODE)
 
 
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Tell glibc malloc to keep freed blocks for reuse instead of returning them to the OS.
+
+    A GRPO step allocates and frees the same few hundred MiB in every phase (KV cache, logits,
+    activations); with glibc's defaults most of it is mmapped / trimmed on free and faulted back
+    in, zero-filled, by the next phase (measured: ~50-70k page faults and ~0.15 s of system time
+    per step of the tiny CPU benchmark). Fixed thresholds stop that; the peak RSS does not grow
+    (the memory is reused, not added). For long-lived training processes on CPU only: call it
+    from the trainer, not from short tools that free big buffers once. Returns False where
+    ``mallopt`` is unavailable (not glibc) or refuses a value.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
+
+
 def is_applied() -> bool:
     """Whether :func:`apply` has patched this process."""
     return _APPLIED

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from r1vfree_mcore.checkpoint.manager import CheckpointManager, find_latest
 from r1vfree_mcore.grpo.advantages import group_advantages
+from r1vfree_mcore.parallel import cpu_compat
 from r1vfree_mcore.parallel.schedule import broadcast_from_last_stage
 from r1vfree_mcore.parallel.state import collective_device
 from r1vfree_mcore.rewards import RewardRequest
@@ -99,6 +100,8 @@ class Trainer:
         self.config_yaml = config_yaml
         self.step = 0
         self.stop = _StopFlag()
+        if not torch.cuda.is_available():
+            cpu_compat.keep_freed_memory()  # no page-fault storm between the phases of a step
         tc = getattr(c.hf_config, "text_config", c.hf_config)
         self.real_vocab = tc.vocab_size
         self.tokenizer = c.processor.tokenizer

@@ -25,7 +25,8 @@ def test_copies_share_the_prompt_and_suffixes_see_only_it_and_themselves():
     thw = torch.tensor([[1, 2, 4]] * 3)  # 8 patches = 2 image tokens each
     img = torch.randn(8, 3)
     chunks = [img, img.clone(), torch.randn(8, 3)]
-    plan = plan_prefix_rows(ids, pos, cu, IMG, chunks, thw, MERGE, pad_token=0)
+    # Attention costly enough that the other prompt gets a row of its own.
+    plan = plan_prefix_rows(ids, pos, cu, IMG, chunks, thw, MERGE, pad_token=0, token_cost=1.0, pair_cost=1.0)
     assert plan.input_ids.tolist() == [prompt + [5, 6, 7], [3, IMG, IMG, 4, 8, 0, 0]]
     assert plan.images == [0, 2]  # the second copy's image is the first one's
     # Every packed token maps to a row position holding the same token and position.
@@ -39,7 +40,21 @@ def test_copies_share_the_prompt_and_suffixes_see_only_it_and_themselves():
     assert visible(4) == [0, 1, 2, 3, 4]
     r1 = plan.mask[1, 0]
     assert (~r1[4]).nonzero().flatten().tolist() == [0, 1, 2, 3, 4]
-    assert not (~r1[:, 5:]).any()  # padding keys are never seen
+    assert not (~r1[:5, 5:]).any()  # padding keys are never seen by real tokens
+    assert (~r1[5:]).nonzero().tolist() == [[0, 5], [1, 6]]  # padding queries see only themselves
+
+
+def test_short_groups_join_a_row_as_their_own_block():
+    prompt = [1, 2, 3, 4]
+    segs = [prompt + [5, 6], prompt + [7, 8], [0, 0, 0]]  # the last: packing's alignment tokens
+    ids, pos, cu = _packed(segs)
+    plan = plan_prefix_rows(ids, pos, cu, IMG, [], None, MERGE, pad_token=0, token_cost=100.0, pair_cost=1.0)
+    assert plan.input_ids.tolist() == [prompt + [5, 6, 7, 8, 0, 0, 0]]
+    assert torch.equal(plan.input_ids[plan.rows, plan.cols], ids[0])
+    m = plan.mask[0, 0]
+    visible = lambda q: (~m[q]).nonzero().flatten().tolist()
+    assert visible(9) == [8, 9]  # the alignment block sees only itself
+    assert visible(7) == [0, 1, 2, 3, 6, 7]
 
 
 def test_same_tokens_other_image_or_costly_rows_are_not_shared():
@@ -48,7 +63,7 @@ def test_same_tokens_other_image_or_costly_rows_are_not_shared():
     thw = torch.tensor([[1, 2, 4]] * 2)
     chunks = [torch.randn(8, 3), torch.randn(8, 3)]
     plan = plan_prefix_rows(ids, pos, cu, IMG, chunks, thw, MERGE, pad_token=0)
-    assert plan.input_ids.shape[0] == 2 and plan.images == [0, 1]
+    assert plan.input_ids.tolist() == [prompt + [5] + prompt + [6]] and plan.images == [0, 1]  # two blocks
     same = [chunks[0], chunks[0]]
     ids, pos, cu = _packed([prompt + [5] * 10, prompt + [6] * 10])  # long suffixes: one row of 24 > 2 of 14
     plan = plan_prefix_rows(ids, pos, cu, IMG, same, thw, MERGE, pad_token=0, token_cost=1.0, pair_cost=10.0)
@@ -64,7 +79,7 @@ def test_text_rows_and_bad_inputs():
     assert torch.equal(plan.input_ids[plan.rows, plan.cols], ids[0])
     ids, pos, cu = _packed([[1, 2, 3], [1, 2, 4], [1, 5]])
     plan = plan_prefix_rows(ids, pos, cu, IMG, [], None, MERGE, pad_token=0)
-    assert plan.input_ids.tolist() == [[1, 2, 3, 4], [1, 5, 0, 0]]  # [1, 5] would save nothing
+    assert plan.input_ids.tolist() == [[1, 2, 3, 4, 1, 5]]  # [1, 5] would save nothing: a block of its own
     with pytest.raises(ValueError, match="cu_seqlens"):
         plan_prefix_rows(ids, pos, cu[:-1], IMG, [], None, MERGE, pad_token=0)
     with pytest.raises(ValueError, match="image_grid_thw"):

@@ -10,7 +10,9 @@ positions, and the same images, all inside that prefix) become one row::
 
 where ``suffix_i`` sees the prefix and itself (causal), never another suffix. The prefix is
 computed once instead of G times; in backward its gradient is the sum over the copies, exactly as
-with G separate rows. :func:`plan_prefix_rows` returns the rows, their boolean attention mask
+with G separate rows. Such groups (and sequences sharing nothing, like the alignment tokens packing
+appends) sit back to back in one row as separate attention blocks while that is cheaper than
+another row padded to the widest one. :func:`plan_prefix_rows` returns the rows, their boolean attention mask
 (True = masked, the local backends' format), which images to keep, and the index that maps each
 packed position to its (row, column), so logits come back as ``[1, T, ...]``.
 """
@@ -103,35 +105,51 @@ def plan_prefix_rows(input_ids: torch.Tensor, position_ids: torch.Tensor, cu_seq
                 continue
         groups.append([k, [k], b - a, b - a])
 
-    rows_ids, rows_pos, owners = [], [], []
-    row_of, col_of = torch.empty(total, dtype=torch.long), torch.empty(total, dtype=torch.long)
-    for r, (lead, members, plen, _) in enumerate(groups):
-        la = cu[lead]
-        parts_ids, parts_pos, owner = [ids[la:la + plen]], [pos[:, la:la + plen]], [torch.full((plen,), -1)]
-        col = plen
-        for m in members:
-            a, b = cu[m], cu[m + 1]
-            row_of[a:b] = r
-            col_of[a:a + plen] = torch.arange(plen)
-            col_of[a + plen:b] = torch.arange(col, col + b - a - plen)
-            parts_ids.append(ids[a + plen:b])
-            parts_pos.append(pos[:, a + plen:b])
-            owner.append(torch.full((b - a - plen,), m))
-            col += b - a - plen
-        rows_ids.append(torch.cat(parts_ids))
-        rows_pos.append(torch.cat(parts_pos, 1))
-        owners.append(torch.cat(owner))
-    width = max(len(x) for x in rows_ids)
-    n = len(groups)
+    # Groups go into a row back to back (each its own attention block) while that costs less
+    # than another row padded to the widest: e.g. the few tokens packing adds for alignment.
+    def layout_cost(widths: list[int]) -> float:
+        w = max(widths)
+        return len(widths) * (token_cost * w + pair_cost * w * w)
+
+    rows: list[list[int]] = []
+    widths: list[int] = []
+    for g, (*_, w) in enumerate(groups):
+        if rows and layout_cost(widths[:-1] + [widths[-1] + w]) <= layout_cost(widths + [w]):
+            rows[-1].append(g)
+            widths[-1] += w
+        else:
+            rows.append([g])
+            widths.append(w)
+
+    n, width = len(rows), max(widths)
     out_ids = ids.new_full((n, width), pad_token)
     out_pos = pos.new_zeros((3, n, width))
-    owner = torch.full((n, width), -2)  # -2 padding, -1 shared prefix, else the sequence's index
-    for r in range(n):
-        w = len(rows_ids[r])
-        out_ids[r, :w], out_pos[:, r, :w], owner[r, :w] = rows_ids[r], rows_pos[r], owners[r]
-    q, k = owner[:, :, None], owner[:, None, :]
+    block = torch.full((n, width), -1)  # the group of each position; -1 = padding
+    owner = torch.full((n, width), -1)  # the sequence of a suffix token; -1 = shared prefix
+    row_of, col_of = torch.empty(total, dtype=torch.long), torch.empty(total, dtype=torch.long)
+    for r, row in enumerate(rows):
+        col = 0
+        for g in row:
+            lead, members, plen, w = groups[g]
+            la = cu[lead]
+            out_ids[r, col:col + plen], out_pos[:, r, col:col + plen] = ids[la:la + plen], pos[:, la:la + plen]
+            block[r, col:col + w] = g
+            start = col + plen
+            for m in members:
+                a, b = cu[m], cu[m + 1]
+                row_of[a:b] = r
+                col_of[a:a + plen] = torch.arange(col, col + plen)
+                col_of[a + plen:b] = torch.arange(start, start + b - a - plen)
+                out_ids[r, start:start + b - a - plen] = ids[a + plen:b]
+                out_pos[:, r, start:start + b - a - plen] = pos[:, a + plen:b]
+                owner[r, start:start + b - a - plen] = m
+                start += b - a - plen
+            col += w
+    bq, bk = block[:, :, None], block[:, None, :]
+    oq, ok = owner[:, :, None], owner[:, None, :]
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    visible = causal & (k != -2) & ((k == -1) | (k == q))
+    visible = causal & (bk == bq) & (bk >= 0) & ((ok == -1) | (ok == oq))
+    visible |= torch.eye(width, dtype=torch.bool) & (bq < 0)  # padding queries see themselves: no empty row
     dev = input_ids.device
     return PrefixRows(out_ids, out_pos, (~visible)[:, None].to(dev), [i for g in groups for i in seg_imgs[g[0]]],
                       row_of.to(dev), col_of.to(dev))
