@@ -5,7 +5,10 @@ vocab, vision hidden 1280) in a few safetensors shards, then times in one run:
 
 * ``copy``: copying the same safetensors files (the physical limit: read + write every byte);
 * ``hf-to-mcore`` and ``mcore-to-hf``: the ``r1vfree-convert`` CLI in a subprocess, wall time
-  end to end (interpreter start and imports included) and the library's own time (excluded).
+  end to end (interpreter start and imports included) and the library's own time (excluded);
+* ``start-up``: a process that only starts Python and imports what a conversion imports (torch,
+  megatron-core the converter's lean way, transformers' config and model classes): the fixed
+  cost inside every CLI wall time, shown for reference (not part of the targets).
 
 Peak RSS is the largest sum of PSS (proportional set size: RSS with shared pages split between
 the processes sharing them, so forked writers are not counted twice) over the CLI process and
@@ -102,6 +105,10 @@ def run_measured(cmd: list[str]) -> tuple[float, int, str, float]:
     return wall, peak, out, _children_cpu() - cpu0
 
 
+_STARTUP = ("from r1vfree_mcore.conversion.lean_imports import import_megatron_lean; import_megatron_lean(); "
+            "from transformers import AutoConfig, AutoModelForImageTextToText")
+
+
 def copy_files(src: Path, dst: Path) -> tuple[float, float]:
     """(wall s, CPU s) of copying the safetensors files."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -148,8 +155,11 @@ def main(argv=None) -> None:
     t_copy, c_copy = min(t_copy, t_copy2), min(c_copy, c_copy2)
     shutil.rmtree(root / "copy2", ignore_errors=True)
 
+    w0, _, _, c0 = run_measured([sys.executable, "-c", _STARTUP])
+
     rows = [
         ("copy", t_copy, t_copy, c_copy, None, None),
+        ("start-up (imports only)", w0, w0, c0, None, None),
         (f"hf-to-mcore tp={a.tp} pp={a.pp}", w1, s1["seconds"], c1, rss1, rank_shard),
         ("mcore-to-hf", w2, s2["seconds"], c2, rss2, largest_out),
     ]
