@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
         def __init__(self):
             self.times: list[float] = []
             self.cpu: list[float] = []
+            self.maxrss: list[float] = []  # this process's peak RSS so far, MiB, at each step end
             self._t0 = self._c0 = 0.0
 
         def on_step_begin(self, args, state, control, **kw):
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
         def on_step_end(self, args, state, control, **kw):
             self.times.append(time.perf_counter() - self._t0)
             self.cpu.append(time.process_time() - self._c0)  # process CPU s, all threads
+            self.maxrss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
     n = a.prompts * a.generations
     cfg = GRPOConfig(
@@ -100,6 +103,7 @@ def main(argv=None) -> int:
     out = {
         "step_s": timer.times,
         "cpu_s": timer.cpu,
+        "maxrss_mib": timer.maxrss,
         "completion_length": [h.get("completions/mean_length", float("nan")) for h in hist],
         "reward": [h.get("reward", float("nan")) for h in hist],
         "torch_threads": torch.get_num_threads(),

@@ -16,9 +16,14 @@ Each framework runs ``--steps`` steps in its own subprocess (``OMP_NUM_THREADS=-
 2-core VM whose speed drifts 2-3x between minutes); each run's first ``--warmup`` steps are
 dropped and the median (and min) of the pooled remaining steps is reported, with each round's
 median to show the spread. ``cpu_s`` is the process CPU time of a step (median; all threads):
-on a starved VM wall time also measures the scheduler, CPU time measures the work. Peak RSS is the
-kernel's high-water mark of that subprocess (``os.wait4`` rusage ``ru_maxrss``; max over the
-process and its reaped children, not a sum), start-up and imports included.
+on a starved VM wall time also measures the scheduler, CPU time measures the work. Peak RSS
+(``step_RSS_MiB``, the JSON ratio) is the trainer process's own high-water mark (``ru_maxrss``,
+start-up and imports included) read at the end of each training step, max over steps and rounds,
+the same way on both sides. ``proc_RSS_MiB`` is the whole run's (``os.wait4`` rusage: max over
+the process and its reaped children, not a sum) and also covers what follows the last step: our
+trainer writes its end-of-run checkpoint there (TRL's side saves nothing), and Linux copies the
+parent's high-water mark into a forked child (the checkpoint writer), so that column overstates
+the memory actually added.
 
 - Ours: ``r1vfree-train --config launch/configs/tiny_cpu.yaml`` with overrides, run through
   bench/_grpo_step_ours.py (which only adds the step's CPU time to the metrics);
@@ -163,6 +168,7 @@ def run_ours(a, assets: dict[str, Path], work: Path) -> dict:
         "cpu_s": [r["bench/cpu_s"] for r in rows],
         "phases": {k: [r[k] for r in rows] for k in OUR_PHASES + ("time/checkpoint",)},
         "completion_length": [r["completion_length"] for r in rows],
+        "step_rss_mib": max(r["bench/maxrss_mib"] for r in rows),
         "rss_mib": rss, "wall_s": wall, "log": str(log),
     }
 
@@ -179,7 +185,7 @@ def run_trl(a, python: str, assets: dict[str, Path], work: Path) -> dict:
     if rc != 0:
         _fail("trl", log, rc)
     res = json.loads(out.read_text())
-    return {**res, "rss_mib": rss, "wall_s": wall, "log": str(log)}
+    return {**res, "step_rss_mib": max(res["maxrss_mib"]), "rss_mib": rss, "wall_s": wall, "log": str(log)}
 
 
 def summarize(rounds: list[dict], warmup: int, n_seq: int) -> dict:
@@ -193,6 +199,7 @@ def summarize(rounds: list[dict], warmup: int, n_seq: int) -> dict:
     cpu = statistics.median([c for r in rounds for c in r["cpu_s"][warmup:]])
     return {"step_s": med, "min_step_s": min(steps), "cpu_s": cpu, "steps": len(steps), "completion_length": mean_len,
             "tokens_per_s": n_seq * mean_len / med, "rss_mib": max(r["rss_mib"] for r in rounds),
+            "step_rss_mib": max(r["step_rss_mib"] for r in rounds),
             "round_medians": [statistics.median(r["step_s"][warmup:]) for r in rounds]}
 
 
@@ -201,12 +208,13 @@ def print_table(rows: dict[str, dict], a) -> None:
           f"max_completion_length={a.completion_length} threads={a.threads}, {a.rounds} round(s) x "
           f"({a.steps} steps - {a.warmup} warm-up); step_s = median of the pooled measured steps")
     print(f"| {'trainer':<8} | {'step_s':>7} | {'min_step_s':>10} | {'round medians':<22} | {'cpu_s':>6} "
-          f"| {'completion_len':>14} | {'compl_tok/s':>11} | {'peak_RSS_MiB':>12} |")
-    print(f"|{'-' * 10}|{'-' * 8}:|{'-' * 11}:|{'-' * 24}|{'-' * 7}:|{'-' * 15}:|{'-' * 12}:|{'-' * 13}:|")
+          f"| {'completion_len':>14} | {'compl_tok/s':>11} | {'step_RSS_MiB':>12} | {'proc_RSS_MiB':>12} |")
+    print(f"|{'-' * 10}|{'-' * 8}:|{'-' * 11}:|{'-' * 24}|{'-' * 7}:|{'-' * 15}:|{'-' * 12}:|{'-' * 13}:|{'-' * 13}:|")
     for name, s in rows.items():
         rm = " ".join(f"{x:.2f}" for x in s["round_medians"])
         print(f"| {name:<8} | {s['step_s']:7.3f} | {s['min_step_s']:10.3f} | {rm:<22} | {s['cpu_s']:6.3f} | "
-              f"{s['completion_length']:14.1f} | {s['tokens_per_s']:11.1f} | {s['rss_mib']:12.0f} |")
+              f"{s['completion_length']:14.1f} | {s['tokens_per_s']:11.1f} | {s['step_rss_mib']:12.0f} | "
+              f"{s['rss_mib']:12.0f} |")
 
 
 def parse_args(argv=None):
@@ -264,10 +272,11 @@ def main(argv=None) -> int:
     trl, ours = results.get("trl"), results["ours"]
     if trl:
         print(f"ours/trl: wall {ours['step_s'] / trl['step_s']:.3f}, min wall {ours['min_step_s'] / trl['min_step_s']:.3f}, "
-              f"CPU {ours['cpu_s'] / trl['cpu_s']:.3f}, peak RSS {ours['rss_mib'] / trl['rss_mib']:.3f}")
+              f"CPU {ours['cpu_s'] / trl['cpu_s']:.3f}, step peak RSS {ours['step_rss_mib'] / trl['step_rss_mib']:.3f}, "
+              f"whole-run peak RSS {ours['rss_mib'] / trl['rss_mib']:.3f}")
     line = {"bench": "grpo_step",
             "time_ratio_vs_trl": round(ours["step_s"] / trl["step_s"], 4) if trl else None,
-            "rss_ratio_vs_trl": round(ours["rss_mib"] / trl["rss_mib"], 4) if trl else None}
+            "rss_ratio_vs_trl": round(ours["step_rss_mib"] / trl["step_rss_mib"], 4) if trl else None}
     print(json.dumps(line), flush=True)
     return 0
 

@@ -60,7 +60,7 @@ def faults():  # one 'phase': 40 tensors of 2-10 MiB (240 MiB) allocated, touche
     del xs
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 faults()
-print(min(faults() for _ in range(3)))
+print(max(faults() for _ in range(3)))
 """
 
 
@@ -68,12 +68,12 @@ def test_keep_freed_memory_reuses_freed_blocks():
     import subprocess
     import sys
 
-    def run(arg):
+    def run(arg: str) -> int:
         out = subprocess.run([sys.executable, "-c", _FAULTS, arg], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         return int(out.stdout.split()[-1])
 
-    default, kept = run("default"), run("keep")
-    pages = (240 << 20) // 4096
-    assert default > pages // 4, default  # glibc returns most of it and faults it back in, zeroed
-    assert kept < pages // 20, kept  # reused: (almost) no new pages
+    # With glibc's defaults the same loop often (not always: its thresholds adapt) faults most of
+    # the 61440 pages back in every time; kept, every round after the first reuses the blocks.
+    kept = run("keep")
+    assert kept < (240 << 20) // 4096 // 10, kept
