@@ -18,6 +18,7 @@ import traceback
 from typing import Any, Callable
 
 from r1vfree_mcore.parallel.ports import free_port
+from r1vfree_mcore.parallel.processes import reap
 
 
 class RankFailure(RuntimeError):
@@ -82,11 +83,7 @@ def spawn_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float =
                         done[r] = (False, f"process died with exit code {p.exitcode}", "")
                         deadline = min(deadline, time.monotonic() + 10.0)
     finally:
-        for p in procs:
-            p.join(timeout=2.0)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        reap(procs, grace=2.0)
     if on_poll is not None:
         on_poll(counters)
     failures = {r: (payload, tb) for r, (ok, payload, tb) in done.items() if not ok}

@@ -18,6 +18,7 @@ import traceback
 from typing import Any, Callable
 
 from r1vfree_mcore.parallel.ports import free_port
+from r1vfree_mcore.parallel.processes import reap
 
 
 class DistributedTestError(AssertionError):
@@ -101,11 +102,7 @@ def run_distributed(
         outcome[rank] = (status, payload)
         if status == "error":
             deadline = min(deadline, time.monotonic() + 5.0)
-    for p in procs:
-        p.join(timeout=1.0)
-        if p.is_alive():
-            p.kill()
-            p.join(timeout=5.0)
+    reap(procs, grace=1.0)
     failures = []
     for r in range(world_size):
         status, payload = outcome.get(r, ("hung", f"no result within {timeout:.0f}s; killed"))

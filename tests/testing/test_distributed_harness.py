@@ -42,3 +42,33 @@ def test_failing_rank_traceback_is_reported():
 def test_hung_rank_is_killed():
     with pytest.raises(DistributedTestError, match="rank 0 \\(hung\\)"):
         run_distributed(_rank0_hangs, 2, timeout=8)
+
+
+def _sleep(seconds):
+    import time
+
+    time.sleep(seconds)
+
+
+def _forks_a_lingering_helper(rank, world):
+    """Like dist_checkpointing's writers: a forked, non-daemon child that outlives the work, so the
+    rank blocks at exit joining it."""
+    import multiprocessing as mp
+
+    child = mp.get_context("fork").Process(target=_sleep, args=(600,), daemon=False)
+    child.start()
+    return child.pid
+
+
+def test_no_process_outlives_the_harness():
+    import psutil
+
+    pids = run_distributed(_forks_a_lingering_helper, 2)
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    assert not alive, f"orphaned helper processes still running: {alive}"
