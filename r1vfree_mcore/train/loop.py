@@ -7,7 +7,6 @@ checkpoint (periodic, or on SIGTERM/SIGUSR1/``RUN_DIR/PREEMPT``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -120,7 +119,7 @@ class Trainer:
         self.precision = c.precision
         pack = self.cfg.grpo.pack_sequences
         forward = packed_forward if pack else model_forward
-        forward = self.precision.wrap_forward(forward) if self.precision else forward
+        forward = self.precision.wrap_forward(forward)
         self.passes = PassConfig(r.temperature, self.real_vocab, micro, forward_fn=forward,
                                  pack_with=c.hf_config if pack else None)
         self.hf_export_failures = 0
@@ -191,7 +190,7 @@ class Trainer:
         samples = c.sampler.next_valid(cfg.rollout.prompts_per_step, c.dataset.get)
         prompts = build_prompt_batch(samples, c.processor, cfg.rollout.num_generations)
         seed = cfg.train.seed * 1_000_003 + self.step * 1009 + g.dp_rank
-        with self.precision.forward_context() if self.precision else contextlib.nullcontext():
+        with self.precision.forward_context():
             rollout = self.generator.generate(prompts, self.sampling, seed)
         texts = decode_completions(self.tokenizer, rollout)
         times["time/rollout"] = time.perf_counter() - t0

@@ -46,7 +46,7 @@ class Components:
     dataset: Any
     sampler: Any
     scorer: Any | None
-    precision: Any = None  # train.precision.PrecisionPlan
+    precision: Any  # train.precision.PrecisionPlan
     extras: dict = field(default_factory=dict)
 
 
@@ -134,7 +134,7 @@ def build_components(cfg: Config, topo) -> Components:
     # DP all-reduce and the tied-embedding all-reduce between first and last PP stage.
     model.config.finalize_model_grads_func = finalize_model_grads
     ref = build_policy_model(cfg, hf_config, plan, trainable=False) if cfg.grpo.beta > 0 else None
-    optimizer, scheduler = build_optimizer(ddp, cfg.optim, bf16=cfg.model.dtype == "bf16",
+    optimizer, scheduler = build_optimizer(ddp, cfg.optim, bf16=plan.params_dtype == torch.bfloat16,
                                            max_steps=cfg.train.max_steps)
 
     dataset = PromptDataset(cfg.data.path, cfg.data.format)
