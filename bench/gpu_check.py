@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+PROFILE = False  # --profile: one profiled GRPO step (top kernels, GPU busy time)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 
 
@@ -106,6 +107,19 @@ def make_batch(cfg, z: Sizes, lengths: list[int], device, seed: int = 0, padding
     pv = torch.randn(int(thw.prod(-1).sum()), 3 * 2 * 14 * 14, generator=g)
     return dict(input_ids=input_ids.to(device), attention_mask=mask.to(device), pixel_values=pv.to(device),
                 image_grid_thw=thw.to(device))
+
+
+def hf_kwargs(hf, batch: dict, image_token_id: int, dtype) -> dict:
+    """``batch`` for the HF model: pixel values in its dtype and, where its forward takes them,
+    ``mm_token_type_ids`` (1 = image token). transformers 5.x builds the 3-D mrope positions
+    only from those (a processor returns them); without, it silently falls back to 1-D text
+    positions, which is a different model (0.12 relative logit error on the first GPU run)."""
+    import inspect
+
+    out = {**batch, "pixel_values": batch["pixel_values"].to(dtype)}
+    if "mm_token_type_ids" in inspect.signature(hf.model.forward).parameters:
+        out["mm_token_type_ids"] = (batch["input_ids"] == image_token_id).int()
+    return out
 
 
 def sync():
@@ -187,6 +201,26 @@ def time_train(model, batch, prompt_len, vocab, plan, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def profile_step(model, batch, prompt_len, vocab, plan, rows: int = 25) -> dict:
+    """One GRPO step under torch.profiler: the top kernels / ops by device time, printed, and
+    the step's wall time next to the summed device time (their ratio is how busy the GPU was)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    sync()
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        grpo_loss_of(model, batch, prompt_len, vocab, plan)[0].backward()
+        sync()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=rows), flush=True)
+    busy = sum(getattr(e, key, 0) for e in events if e.device_type.name in ("CUDA", "PrivateUse1")) / 1e6
+    return {"profile_wall_s": round(wall, 4), "profile_device_busy_s": round(busy, 4)}
+
+
 def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int, bool]:
     """Sampled tokens/s of MegatronGenerator on ``batch`` prompts of one image each."""
     from r1vfree_mcore.rollout.generator import MegatronGenerator, SamplingParams
@@ -238,13 +272,13 @@ class Report:
             gc.collect()
 
 
-def correctness(rep: Report, cfg, z: Sizes, device, specs, state, ref, cb) -> None:
+def correctness(rep: Report, cfg, z: Sizes, device, specs, state, ref, ref32, cb) -> None:
     """Megatron vs HF, packed vs padded, TE vs local (bf16), and rollout speed per spec."""
     from r1vfree_mcore.models.common.packing import pack_sequences, unpack
 
     vocab, real, outs = cfg.text_config.vocab_size, cb["attention_mask"].bool(), {}
     for spec in specs:
-        key = "te" if spec == "transformer_engine" else "local"
+        key = {"transformer_engine": "te"}.get(spec, spec)
         model = None  # frees the previous spec's model before building
         with rep.guard("correctness", f"{spec}: build + logits"):
             reset_peak()
@@ -259,6 +293,8 @@ def correctness(rep: Report, cfg, z: Sizes, device, specs, state, ref, cb) -> No
             err, perr = rel_err(out[real], ref[real]), rel_err(packed[real], out[real])
             rep.res[f"logit_rel_err_bf16_{key}"], rep.res[f"packed_vs_padded_rel_err_{key}"] = round(err, 5), round(perr, 5)
             rep.row("correctness", f"{spec}: Megatron vs HF logits, bf16 (rel err)", f"{err:.2e}", peak_gib())
+            rep.res[f"logit_rel_err_bf16_vs_fp32_{key}"] = e32 = round(rel_err(out[real], ref32[real]), 5)
+            rep.row("correctness", f"{spec}: Megatron bf16 vs HF fp32 logits (vs noise floor)", f"{e32:.2e}")
             rep.row("correctness", f"{spec}: packed THD vs padded logits (rel err)", f"{perr:.2e}")
             del out, packed
         if model is not None:
@@ -269,9 +305,9 @@ def correctness(rep: Report, cfg, z: Sizes, device, specs, state, ref, cb) -> No
                 rep.row("speed", f"rollout {key} bf16 ({'KV cache' if cached else 'recompute'}), {n} tokens",
                         f"{rtps:,.1f} tok/s", peak_gib())
             del model
-    if len(outs) == 2:
-        rep.res["te_vs_local_rel_err"] = round(rel_err(outs["te"], outs["local"]), 5)
-        rep.row("correctness", "TE spec vs local spec logits, bf16 (rel err)", f"{rep.res['te_vs_local_rel_err']:.2e}")
+    for key in set(outs) - {"local"}:
+        rep.res[f"{key}_vs_local_rel_err"] = e = round(rel_err(outs[key], outs["local"]), 5)
+        rep.row("correctness", f"{key} spec vs local spec logits, bf16 (rel err)", f"{e:.2e}")
 
 
 def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state) -> None:
@@ -281,15 +317,18 @@ def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state) 
 
     vocab = cfg.text_config.vocab_size
     prompt_len = (z.image_px // 14) ** 2 // 4 + 6 + z.prompt_text
-    tb = make_batch(cfg, z, [z.seq] * z.batch, device, seed=2)
-    flops = model_flops(cfg, z, z.seq, z.batch)
-    rep.res["model_flops_per_step"] = flops
-    variants = [("bf16", ModelConfig(hf_dir="-", spec=spec, precision="bf16", dtype="bf16"))]
+    rep.res["model_flops_per_step"] = model_flops(cfg, z, z.seq, z.batch)
+    bf16 = ModelConfig(hf_dir="-", spec=spec, precision="bf16", dtype="bf16")
+    # (label, config, sequences per step); bf16-2x shows how much of the step is per-op CPU
+    # overhead (it does not grow with the batch) rather than GPU work.
+    variants = [("bf16", bf16, z.batch)] + ([("bf16-2x", bf16, 2 * z.batch)] if peak else [])
     if te:
-        variants += [(f"fp8-{r}", ModelConfig(hf_dir="-", spec=spec, precision="fp8", fp8_recipe=r, dtype="bf16"))
-                     for r in ("delayed", "current")]
+        variants += [(f"fp8-{r}", ModelConfig(hf_dir="-", spec=spec, precision="fp8", fp8_recipe=r, dtype="bf16"),
+                      z.batch) for r in ("delayed", "current")]
     logp = {}
-    for label, mcfg in variants:
+    for label, mcfg, batch in variants:
+        tb = make_batch(cfg, z, [z.seq] * batch, device, seed=2)
+        flops = model_flops(cfg, z, z.seq, batch)
         model = None  # frees the previous variant's model (also after a failure)
         with rep.guard("speed", f"GRPO fwd+bwd {label}"):
             plan = plan_precision(mcfg, te_available=te)
@@ -299,12 +338,16 @@ def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state) 
             with torch.no_grad():
                 logp[label] = float(grpo_loss_of(model, tb, prompt_len, vocab, plan)[1])
             sec = time_train(model, tb, prompt_len, vocab, plan, z.steps)
+            if PROFILE and label == "bf16":
+                rep.res.update(prof := profile_step(model, tb, prompt_len, vocab, plan))
+                rep.row("speed", f"profiled bf16 step: wall / GPU kernels busy", f"{prof['profile_wall_s'] * 1e3:.1f} / "
+                        f"{prof['profile_device_busy_s'] * 1e3:.1f} ms")
             del model
-            tps = z.batch * z.seq / sec
+            tps = batch * z.seq / sec
             mfu = flops / sec / peak if peak else None
             rep.res[f"tokens_per_s_{label}"] = round(tps, 1)
             rep.res[f"mfu_{label}"] = None if mfu is None else round(mfu, 4)
-            rep.row("speed", f"GRPO fwd+bwd {label} ({plan.spec}), {z.batch}x{z.seq} tok",
+            rep.row("speed", f"GRPO fwd+bwd {label} ({plan.spec}), {batch}x{z.seq} tok",
                     f"{tps:,.0f} tok/s, MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", peak_gib())
     if "bf16" in logp:
         rep.res["mean_logprob_bf16"] = round(logp["bf16"], 5)
@@ -330,24 +373,42 @@ def run(smoke: bool) -> Report:
     cfg = hf_config(z)
 
     # HF bf16 reference on a padded batch of three lengths (a failure here ends the check).
+    # The fp32 reference decides parity; HF's own bf16 error against it is the bf16 noise floor
+    # a Megatron bf16 error is judged by (random 24-layer models amplify rounding).
     reset_peak()
     torch.manual_seed(0)
     with torch.device(device):
-        hf = AutoModelForImageTextToText.from_config(cfg, dtype=torch.bfloat16).eval()
+        hf = AutoModelForImageTextToText.from_config(cfg, dtype=torch.float32).eval()
     rep.res["params"] = sum(p.numel() for p in hf.parameters())
-    state = hf.state_dict()
     n_img = (z.image_px // 14) ** 2 // 4
     cb = make_batch(cfg, z, [n_img + 6 + k for k in (z.seq // 4, z.seq // 2, z.seq // 3)], device, seed=1)
     with torch.no_grad():
-        ref = hf(**{**cb, "pixel_values": cb["pixel_values"].to(torch.bfloat16)}).logits.float()
-    rep.row("memory", "HF bf16 reference: build + forward", "", peak_gib())
-    specs = ["local"] + (["transformer_engine"] if te else [])
-    correctness(rep, cfg, z, device, specs, state, ref, cb)
-    del ref
+        ref32 = hf(**hf_kwargs(hf, cb, cfg.image_token_id, torch.float32)).logits.float()
+        state32 = {k: v.clone() for k, v in hf.state_dict().items()}
+        hf = hf.to(torch.bfloat16)
+        ref = hf(**hf_kwargs(hf, cb, cfg.image_token_id, torch.bfloat16)).logits.float()
+    state = hf.state_dict()
+    del hf
+    real = cb["attention_mask"].bool()
+    rep.res["hf_bf16_vs_fp32_rel_err"] = e = round(rel_err(ref[real], ref32[real]), 5)
+    rep.row("correctness", "HF bf16 vs HF fp32 logits (bf16 noise floor)", f"{e:.2e}")
+    rep.row("memory", "HF fp32 + bf16 reference: build + forward", "", peak_gib())
+    with rep.guard("correctness", "local fp32: build + logits"):
+        model = build(cfg, state32, "local", torch.float32)
+        with torch.no_grad():
+            out32 = model(**cb)[..., : cfg.text_config.vocab_size].float()
+        rep.res["logit_rel_err_fp32"] = e = round(rel_err(out32[real], ref32[real]), 7)
+        rep.row("correctness", "local fp32: Megatron vs HF fp32 logits (rel err)", f"{e:.2e}", peak_gib())
+        del model, out32
+    del state32
+    # local (DotProductAttention) is the reference spec; the fastest spec present is timed.
+    specs = ["local", "transformer_engine" if te else "local_sdpa"]
+    correctness(rep, cfg, z, device, specs, state, ref, ref32, cb)
+    del ref, ref32
     speed(rep, cfg, z, device, specs[-1], te, peak, state)
 
     r = rep.res
-    r["logit_rel_err_bf16"] = r.get("logit_rel_err_bf16_te" if te else "logit_rel_err_bf16_local")
+    r["logit_rel_err_bf16"] = r.get(f"logit_rel_err_bf16_{ {'transformer_engine': 'te'}.get(specs[-1], specs[-1])}")
     r["rollout_tokens_per_s"] = max((v for k, v in r.items() if k.startswith("rollout_tokens_per_s_") and v),
                                     default=None)
     r.setdefault("mfu_bf16", None)
@@ -374,11 +435,15 @@ def print_table(rows, res, smoke: bool) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU: code paths only, no timing claims")
+    p.add_argument("--profile", action="store_true", help="also profile one bf16 GRPO step (top kernels)")
     a = p.parse_args(argv)
+    global PROFILE
+    PROFILE = a.profile
     if not a.cpu_smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; use --cpu-smoke for the CPU code-path check", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False  # HF's patch-embed Conv3d: fp32 parity needs true fp32
     rep = run(a.cpu_smoke)
     print_table(rep.rows, rep.res, a.cpu_smoke)
     print(json.dumps(rep.res))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (docs/gpu.md): correctness, speed (tokens/s, MFU), memory on one
-# H100/H200, offline, in under 8 minutes. Output: one table and one JSON line; with $OUT set,
+# H100/H200, offline, in under 8 minutes. Output: one table and one JSON line, then (GPU only) a
+# few GRPO steps of the tiny demo trainer on the card; with $OUT set,
 # also $OUT/gpu_check.log.
 #
 #   bash bench/gpu_check.sh              # on a GPU machine, from the repository root
@@ -19,18 +20,19 @@ if [[ -f .venv/bin/activate ]]; then
   # shellcheck disable=SC1091
   source .venv/bin/activate
 fi
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
+# The repository itself is importable without an install (a bare GPU image has no venv).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-# Offline wheels: a git-ignored .whl/ folder (e.g. transformer-engine for this CUDA) fills in
-# whatever the venv lacks; nothing is fetched from the network.
-if [[ -d .whl ]]; then
-  echo "gpu_check: installing missing packages from .whl/ (no index)"
-  for spec in transformer_engine:transformer-engine flash_attn:flash-attn; do
-    mod=${spec%%:*}; pkg=${spec##*:}
-    if ! "$PY" -c "import $mod" 2>/dev/null && ls .whl | grep -qi "^${pkg//-/[-_]}"; then
-      "$PY" -m pip install --no-index --find-links .whl "$pkg" || echo "gpu_check: could not install $pkg from .whl/"
-    fi
-  done
+# Offline wheels: a git-ignored folder (default .whl/; megatron-core, transformer-engine, ... for
+# this Python/CUDA) fills in whatever the image lacks; nothing is fetched from the network.
+WHL_DIR=${WHL_DIR:-.whl}
+if compgen -G "$WHL_DIR/*.whl" >/dev/null; then
+  SITE=${WHL_SITE:-/tmp/gpu_check_site}
+  echo "gpu_check: installing $(ls "$WHL_DIR"/*.whl | wc -l) wheel(s) from $WHL_DIR/ into $SITE (no index)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHL_DIR"/*.whl \
+    || { echo "gpu_check: could not install the wheels in $WHL_DIR/" >&2; exit 3; }
+  export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
 
 "$PY" - <<'PYEOF'
@@ -44,10 +46,33 @@ except Exception as exc:
     print(f"gpu_check: transformer_engine not importable ({type(exc).__name__}: {exc}); local spec only")
 PYEOF
 
-LIMIT=${GPU_CHECK_TIMEOUT:-480}
-if [[ -n "${OUT:-}" ]]; then
-  mkdir -p "$OUT"
-  timeout "$LIMIT" "$PY" bench/gpu_check.py "$@" 2>&1 | tee "$OUT/gpu_check.log"
-  exit "${PIPESTATUS[0]}"
+# 1. The check itself (table + JSON line).
+LOG=${OUT:-/tmp}/gpu_check.log
+mkdir -p "$(dirname "$LOG")"
+set +e
+timeout "${GPU_CHECK_TIMEOUT:-330}" "$PY" bench/gpu_check.py "$@" 2>&1 | tee "$LOG"
+rc=${PIPESTATUS[0]}
+
+# 2. GPU mode only: the trainer end to end on the card (tiny demo assets, a few GRPO steps, bf16,
+#    spec transformer_engine or its local_sdpa fallback): rollout, rewards, nccl DDP, the
+#    distributed optimizer, a checkpoint and the HF export all on CUDA.
+if [[ " $* " != *" --cpu-smoke "* ]]; then
+  RUN=${TRAINER_RUN_DIR:-/tmp/gpu_check_trainer}
+  rm -rf "$RUN"
+  echo "gpu_check: trainer smoke ($RUN): ${TRAINER_STEPS:-4} GRPO steps of the tiny demo on the GPU"
+  timeout "${TRAINER_TIMEOUT:-150}" "$PY" -m r1vfree_mcore.demo --run-dir "$RUN/run" --assets "$RUN/assets" \
+    --max-steps "${TRAINER_STEPS:-4}" model.precision=bf16 model.spec=transformer_engine checkpoint.every_steps=2 \
+    2>&1 | tee "${OUT:-/tmp}/trainer_smoke.log" | grep -v -i "warn" | tail -25
+  trc=${PIPESTATUS[0]}
+  echo "gpu_check: trainer smoke rc=$trc"
+  if [[ $trc -eq 0 ]]; then  # resume from the last checkpoint (distributed optimizer state) for 2 more steps
+    timeout "${TRAINER_TIMEOUT:-150}" "$PY" -m r1vfree_mcore.demo --run-dir "$RUN/run" --assets "$RUN/assets" \
+      --resume auto --max-steps "$(( ${TRAINER_STEPS:-4} + 2 ))" model.precision=bf16 model.spec=transformer_engine \
+      checkpoint.every_steps=2 2>&1 | tee "${OUT:-/tmp}/trainer_resume.log" | grep -v -i "warn" | tail -8
+    trc=${PIPESTATUS[0]}
+    echo "gpu_check: trainer resume rc=$trc"
+  fi
+  [[ -n "${OUT:-}" && -f "$RUN/run/metrics.jsonl" ]] && cp "$RUN/run/metrics.jsonl" "$OUT/trainer_metrics.jsonl"
+  [[ $trc -ne 0 && $rc -eq 0 ]] && rc=$trc
 fi
-exec timeout "$LIMIT" "$PY" bench/gpu_check.py "$@"
+exit "$rc"

@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--assets", default="runs/tiny_assets")
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--resume", default="none", help="none (fresh run), auto (latest checkpoint in --run-dir) or a path")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args(argv)
     assets = write_assets(Path(a.assets))
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     from r1vfree_mcore.train.metrics import read_metrics
     from r1vfree_mcore.train.plot import plot_run
 
-    args = ["--config", str(CONFIG), "--run-dir", a.run_dir, "--resume", "none",
+    args = ["--config", str(CONFIG), "--run-dir", a.run_dir, "--resume", a.resume,
             f"model.hf_dir={assets['policy']}", f"data.path={assets['data']}",
             f"reward.backends=[{{name: vlm_scalar, weight: 1.0, path: {assets['reward']}, use_extracted_answer: false}},"
             " {name: format, weight: 1.0}]"]

@@ -82,12 +82,23 @@ def find_latest(ckpt_root: str | Path) -> Path | None:
     return target
 
 
+OPTIM_SHARDINGS = ("dp_reshardable", "fully_reshardable")
+
+
 class CheckpointManager:
     """Saves and loads (model, optimizer, scheduler, sampler, RNG, train state) on policy ranks."""
 
-    def __init__(self, ckpt_root: str | Path, keep_last: int = 2):
+    def __init__(self, ckpt_root: str | Path, keep_last: int = 2, optim_sharding: str = "dp_reshardable"):
+        """``optim_sharding``: megatron's ``distrib_optim_sharding_type`` for the distributed
+        optimizer (GPU runs): ``dp_reshardable`` (Megatron-LM's default: cheap, resumes at any DP
+        size) or ``fully_reshardable`` (gathers on DP rank 0; resumes at any TP/PP/DP). Plain
+        optimizers (CPU) ignore it. Its legacy default, ``fully_sharded_model_space``, is
+        rejected by megatron-core 0.16's own ShardedTensor validation."""
+        if optim_sharding not in OPTIM_SHARDINGS:
+            raise ValueError(f"optim_sharding must be one of {OPTIM_SHARDINGS}, got {optim_sharding!r}")
         self.root = Path(ckpt_root)
         self.keep_last = keep_last
+        self.optim_sharding = optim_sharding
 
     # -- save -------------------------------------------------------------------------------
     def save(self, step: int, model, optimizer, scheduler, *, sampler_state: dict,
@@ -106,7 +117,8 @@ class CheckpointManager:
         _barrier()
         model = getattr(model, "module", model)  # DDP keys carry a "module." prefix
         model_sd = model.sharded_state_dict()
-        state = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd)}
+        meta = {"distrib_optim_sharding_type": self.optim_sharding}
+        state = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, metadata=meta)}
         dist_checkpointing.save(state, str(tmp / "dist"))
         torch.save(rng_state(), tmp / "rng" / f"rank_{_rank()}.pt")
         samplers = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
@@ -121,6 +133,7 @@ class CheckpointManager:
                 "scheduler": scheduler.state_dict(),
                 "samplers": samplers,
                 "world_size": len(samplers),
+                "optim_sharding": self.optim_sharding,
                 "extra": extra or {},
             }
             (tmp / "train_state.json").write_text(json.dumps(train_state, indent=1))
@@ -153,11 +166,15 @@ class CheckpointManager:
         model_sd = model.sharded_state_dict()
         template = {"model": model_sd}
         if optimizer is not None:
-            template["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)
+            _seed_distributed_optimizer_state(optimizer)
+            # The template must use the format the checkpoint was written in.
+            meta = {"distrib_optim_sharding_type": train_state.get("optim_sharding", self.optim_sharding)}
+            template["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=meta)
         loaded = dist_checkpointing.load(template, str(path / "dist"))
         model.load_state_dict(loaded["model"], strict=True)
         if optimizer is not None:
-            optimizer.load_state_dict(loaded["optimizer"])
+            with torch.no_grad():  # the distributed optimizer copies into its leaf main params in place
+                optimizer.load_state_dict(loaded["optimizer"])
             _unshare_step_tensors(optimizer)
         if scheduler is not None:
             scheduler.load_state_dict(train_state["scheduler"])
@@ -170,6 +187,28 @@ class CheckpointManager:
         if same_world and rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
         return train_state
+
+
+def _seed_distributed_optimizer_state(optimizer) -> None:
+    """Give a fresh DistributedOptimizer's inner Adam a zero state (``step`` included).
+
+    Its ``sharded_state_dict(is_loading=True)`` first calls ``state_dict()``, which without
+    Apex/TE reads one common ``step`` from the inner optimizer's per-parameter state and asserts
+    there is exactly one; a freshly built optimizer has no state at all (megatron's
+    ``init_state_fn`` adds the moments but no ``step``). The zeros are placeholders: the load
+    overwrites every one of them.
+    """
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if not isinstance(opt, DistributedOptimizer):
+            continue
+        for group in opt.optimizer.param_groups:
+            for p in group["params"]:
+                st = opt.optimizer.state[p]
+                if not st:
+                    st.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                st.setdefault("step", torch.tensor(0.0))
 
 
 def _unshare_step_tensors(optimizer) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 PRECISIONS = ("fp32", "bf16", "fp8")
-SPECS = ("local", "transformer_engine")
+SPECS = ("local", "local_sdpa", "transformer_engine")
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 DATA_FORMATS = ("auto", "disk", "parquet", "jsonl", "hub")
 SCHEDULES = ("constant", "cosine")
@@ -41,7 +41,7 @@ class ModelConfig:
     dtype: str = "fp32"  # parameter dtype: fp32 | bf16
     precision: str = "fp32"  # compute: fp32 | bf16 | fp8 (fp8: TE decoder linears only)
     fp8_recipe: Optional[str] = None  # delayed | current (fp8 only)
-    spec: str = "local"  # layer spec: local (pure torch) | transformer_engine
+    spec: str = "local"  # layer spec: local (pure torch) | local_sdpa (+ torch SDPA attention) | transformer_engine
 
     def __post_init__(self):
         _one_of(self.dtype, ("fp32", "bf16"), "model.dtype")
@@ -187,10 +187,14 @@ class CheckpointConfig:
     keep_last: int = 2
     hf_export_every: Optional[int] = None  # also write an HF checkpoint every K steps
     hf_export_at_end: bool = False
+    # Distributed-optimizer checkpoint format (GPU runs): dp_reshardable (resume at any DP size)
+    # or fully_reshardable (any TP/PP/DP; gathers optimizer state on DP rank 0 when saving).
+    optim_sharding: str = "dp_reshardable"
 
     def __post_init__(self):
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
         _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+        _one_of(self.optim_sharding, ("dp_reshardable", "fully_reshardable"), "checkpoint.optim_sharding")
         _check(self.hf_export_every is None or self.hf_export_every >= 1, "checkpoint.hf_export_every",
                f"must be >= 1 or null, got {self.hf_export_every}")
 

@@ -127,7 +127,8 @@ class Trainer:
                                      self.cfg.grpo.aggregation)
         self.mini = self.cfg.grpo.mini_batch_size or n_seq
         self.needs_old = self.cfg.grpo.num_iterations > 1 or self.mini < n_seq
-        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last)
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", self.cfg.checkpoint.keep_last,
+                                      self.cfg.checkpoint.optim_sharding)
         lg = self.cfg.logging
         self.metrics = MetricsLogger(self.run_dir, lg.report_to, self.cfg.to_dict(), lg.wandb_project,
                                      enabled=c.groups.is_logging_rank, rollout_log=lg.rollout_log)

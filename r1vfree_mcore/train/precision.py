@@ -4,7 +4,7 @@
 resolve to:
 
 * ``spec``: the layer spec to build; ``transformer_engine`` without an importable TE becomes
-  ``local`` (logged once, here and in :func:`~r1vfree_mcore.models.backends.get_backend`).
+  ``local_sdpa`` (local linears, torch SDPA attention; logged once, here and in :func:`~r1vfree_mcore.models.backends.get_backend`).
 * ``params_dtype``: bf16 or fp32 parameters.
 * ``autocast_dtype``: bf16 when compute is bf16/fp8 but parameters are fp32 (``torch.autocast``
   around every policy forward, :meth:`PrecisionPlan.forward_context`); None otherwise.
@@ -100,8 +100,8 @@ def plan_precision(model_cfg, te_available: bool | None = None, cuda: bool | Non
     notes = []
     spec = model_cfg.spec
     if spec == "transformer_engine" and not te_available:
-        spec = "local"
-        notes.append("transformer_engine not importable: local spec (megatron-core linears, torch attention)")
+        spec = "local_sdpa"  # what get_backend falls back to as well
+        notes.append("transformer_engine not importable: local_sdpa spec (megatron-core linears, torch SDPA attention)")
     params_dtype = torch.bfloat16 if model_cfg.dtype == "bf16" else torch.float32
     precision = model_cfg.precision
     fp8 = None

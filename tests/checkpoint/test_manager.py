@@ -117,11 +117,19 @@ def test_exact_resume_and_reshard(tmp_path):
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_000001"
     st = json.loads((tmp_path / "ckpt" / "step_000001" / "train_state.json").read_text())
     assert st["world_size"] == 2 and len(st["samplers"]) == 2
+    assert st["optim_sharding"] == "dp_reshardable"  # the format a load must ask for
     tp2 = run_distributed(_logits_tp2, 2, root)[0]
     tp1 = run_distributed(_reshard_tp2_to_tp1, 2, root)[0]
     import torch
 
     torch.testing.assert_close(tp1, tp2, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_optimizer_sharding_is_refused(tmp_path):
+    from r1vfree_mcore.checkpoint.manager import CheckpointManager
+
+    with pytest.raises(ValueError, match="fully_sharded_model_space"):
+        CheckpointManager(tmp_path, optim_sharding="fully_sharded_model_space")
 
 
 def test_incomplete_checkpoint_is_not_latest(tmp_path):

@@ -19,12 +19,12 @@ PLANS = [
     (dict(precision="bf16", dtype="bf16"), False, ("local", BF16, None, None, 0)),
     (dict(precision="fp32", dtype="bf16"), False, ("local", BF16, None, None, 1)),
     (dict(precision="bf16", spec="transformer_engine"), True, ("transformer_engine", FP32, BF16, None, 0)),
-    (dict(precision="bf16", spec="transformer_engine"), False, ("local", FP32, BF16, None, 1)),
+    (dict(precision="bf16", spec="transformer_engine"), False, ("local_sdpa", FP32, BF16, None, 1)),
     (dict(precision="fp8", fp8_recipe="delayed", spec="transformer_engine", dtype="bf16"), True,
      ("transformer_engine", BF16, None, "delayed", 0)),
     (dict(precision="fp8", fp8_recipe="current", spec="transformer_engine"), True,
      ("transformer_engine", FP32, BF16, "tensorwise", 0)),
-    (dict(precision="fp8", fp8_recipe="current", spec="transformer_engine"), False, ("local", FP32, BF16, None, 2)),
+    (dict(precision="fp8", fp8_recipe="current", spec="transformer_engine"), False, ("local_sdpa", FP32, BF16, None, 2)),
     (dict(precision="fp8", fp8_recipe="delayed", spec="local"), True, ("local", FP32, BF16, None, 1)),
 ]
 # Without CUDA, bf16 compute over fp32 parameters falls back to fp32 (megatron's linears are
@@ -51,7 +51,7 @@ def test_probe_on_this_machine_falls_back_without_te():
     from r1vfree_mcore.models.backends.transformer_engine import te_available
 
     plan = plan_precision(ModelConfig(hf_dir="x", precision="bf16", spec="transformer_engine"))
-    assert plan.spec == ("transformer_engine" if te_available() else "local")
+    assert plan.spec == ("transformer_engine" if te_available() else "local_sdpa")
 
 
 def test_fp8_fields_reach_only_the_decoder_config():

@@ -34,6 +34,8 @@ def test_yaml_roundtrip(tmp_path):
         ("optim.schedule=linear", "optim.schedule"),
         ("logging.report_to=[stdout]", "logging.report_to"),
         ("parallel.tp=two", "parallel.tp"),
+        ("checkpoint.optim_sharding=fully_sharded_model_space", "checkpoint.optim_sharding"),
+        ("model.spec=sdpa", "model.spec"),
     ],
 )
 def test_bad_values_name_the_key(override, key):

@@ -1,4 +1,5 @@
-"""Layer-spec backends: 'local' (pure torch, CPU) and 'transformer_engine' (GPU).
+"""Layer-spec backends: 'local' (pure torch, CPU), 'local_sdpa' (local linears, torch SDPA
+attention: the GPU path without TE) and 'transformer_engine' (GPU).
 
 :func:`get_backend` turns the spec string into a backend object. TransformerEngine is imported
 only in :mod:`r1vfree_mcore.models.backends.transformer_engine`, and only when asked for.
@@ -12,7 +13,7 @@ from r1vfree_mcore.models.backends.local import LocalBackend
 
 log = logging.getLogger(__name__)
 
-SPECS = ("local", "transformer_engine")
+SPECS = ("local", "local_sdpa", "transformer_engine")
 
 
 def get_backend(spec: str):
@@ -20,6 +21,10 @@ def get_backend(spec: str):
     (:mod:`~r1vfree_mcore.models.backends.sdpa`, with a warning) without TE."""
     if spec == "local":
         return LocalBackend()
+    if spec == "local_sdpa":
+        from r1vfree_mcore.models.backends.sdpa import LocalSDPABackend
+
+        return LocalSDPABackend()
     if spec == "transformer_engine":
         from r1vfree_mcore.models.backends import transformer_engine
 

@@ -28,14 +28,17 @@ class LocalBackend:
     vision_mask_type = AttnMaskType.arbitrary
 
     @staticmethod
-    def decoder_mask(attention_mask: torch.Tensor | None, seq_len: int, batch: int) -> torch.Tensor:
-        """causal | key padding, ``[b, 1, s, s]`` bool, True = masked (HF 1/0 padding mask in)."""
-        causal = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)
+    def decoder_mask(attention_mask: torch.Tensor | None, seq_len: int, batch: int,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """causal | key padding, ``[b, 1, s, s]`` bool, True = masked (HF 1/0 padding mask in), on
+        the padding mask's device (else ``device``, else the CPU)."""
+        if attention_mask is not None:
+            device = attention_mask.device
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).triu(1)
         mask = causal.view(1, 1, seq_len, seq_len).expand(batch, 1, seq_len, seq_len)
         if attention_mask is not None:
-            pad = ~attention_mask.bool().view(batch, 1, 1, seq_len)
-            mask = mask | pad
-        return mask.to(attention_mask.device if attention_mask is not None else "cpu")
+            mask = mask | ~attention_mask.bool().view(batch, 1, 1, seq_len)
+        return mask
 
     vision_mask = staticmethod(block_diagonal_mask)
 

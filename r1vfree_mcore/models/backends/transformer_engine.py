@@ -59,10 +59,11 @@ class TEBackend:
         self.vision_mask_type = AttnMaskType.arbitrary
 
     @staticmethod
-    def decoder_mask(attention_mask: torch.Tensor | None, seq_len: int, batch: int) -> torch.Tensor | None:
+    def decoder_mask(attention_mask: torch.Tensor | None, seq_len: int, batch: int,
+                     device: torch.device | str | None = None) -> torch.Tensor | None:
         """Key-padding mask ``[b, 1, 1, s]`` bool (True = padding); TE adds the causal part."""
         if attention_mask is None:
-            return torch.zeros(batch, 1, 1, seq_len, dtype=torch.bool, device="cuda")
+            return torch.zeros(batch, 1, 1, seq_len, dtype=torch.bool, device=device or "cuda")
         return ~attention_mask.bool().view(batch, 1, 1, seq_len)
 
     vision_mask = staticmethod(block_diagonal_mask)

@@ -95,8 +95,11 @@ def _common(tp: int, params_dtype: torch.dtype) -> dict[str, Any]:
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
-        # The fused bias-dropout-add is torch.compile'd (see activation()): eager on CPU.
-        bias_dropout_fusion=torch.cuda.is_available(),
+        # The fused bias-dropout-add is torch.compile'd (see activation()). Qwen's attention and
+        # MLP outputs have no bias and dropout is 0, so it is a plain residual add; on a GPU its
+        # compiled version recompiled on every new decode shape (recompile limit hit in the GPU
+        # check's trainer run, ~20 s lost in step 1), on the CPU it needs a compiler: eager always.
+        bias_dropout_fusion=False,
     )
 
 

@@ -164,7 +164,7 @@ class QwenVLModel(MegatronModule):
         else:
             if position_ids is None:
                 position_ids = get_rope_index(input_ids, image_grid_thw, attention_mask, self.hf_config)
-            mask = self.backend.decoder_mask(attention_mask, s, b)
+            mask = self.backend.decoder_mask(attention_mask, s, b, device=input_ids.device)
         decoder_input = None
         if self.pre_process:
             decoder_input = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [s, b, h]
@@ -247,7 +247,8 @@ def build_model(hf_config, parallel_cfg: ParallelConfig, spec: str = "local", *,
                 decoder_overrides: dict | None = None) -> QwenVLModel:
     """This rank's pipeline stage of the policy (megatron parallel state must be initialised).
 
-    ``spec``: 'local' or 'transformer_engine' (falls back to local, with a warning, without TE).
+    ``spec``: 'local', 'local_sdpa' or 'transformer_engine' (falls back to local_sdpa, with a
+    warning, without TE).
     ``freeze_vision`` freezes the vision blocks and patch embedding, ``freeze_merger`` the merger:
     frozen parameters have ``requires_grad=False`` (no grads; build optimizers over trainable ones).
     ``decoder_overrides``: run-time TransformerConfig fields of the decoder (activation
