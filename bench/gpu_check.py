@@ -234,6 +234,8 @@ def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int, bool
                           problems=[""] * z.batch, images_png=[b""] * z.batch)
     params = SamplingParams(max_new_tokens=z.new_tokens, eos_token_ids=(-1,), pad_token_id=cfg.text_config.pad_token_id)
     gen = MegatronGenerator(model, cfg.text_config.vocab_size)
+    # Warm-up (allocator, cuDNN plans, first-call setup) on the same prompts, 2 tokens: untimed.
+    gen.generate(prompts, SamplingParams(max_new_tokens=2, eos_token_ids=(-1,), pad_token_id=params.pad_token_id), seed=0)
     sync()
     t0 = time.perf_counter()
     out = gen.generate(prompts, params, seed=0)

@@ -54,6 +54,19 @@ def test_probe_on_this_machine_falls_back_without_te():
     assert plan.spec == ("transformer_engine" if te_available() else "local_sdpa")
 
 
+def test_spec_names_pick_their_backends():
+    """The plan's spec names are what get_backend builds: local_sdpa = local linears + SDPA."""
+    from r1vfree_mcore.models.backends import get_backend
+    from r1vfree_mcore.models.backends.local import LocalBackend
+    from r1vfree_mcore.models.backends.sdpa import LocalSDPABackend, SDPAttention
+
+    local, sdpa = get_backend("local"), get_backend("local_sdpa")
+    assert type(local) is LocalBackend and local.core_attention is not SDPAttention
+    assert isinstance(sdpa, LocalSDPABackend) and sdpa.core_attention is SDPAttention
+    with pytest.raises(ValueError, match="spec must be one of"):
+        get_backend("sdpa")
+
+
 def test_fp8_fields_reach_only_the_decoder_config():
     """The overrides build a decoder TransformerConfig with fp8; vision and merger configs have none."""
     from r1vfree_mcore.models.common.configs import decoder_config, merger_config, vision_config
