@@ -4,12 +4,15 @@ On one H100/H200 (``bash bench/gpu_check.sh``, < 8 min) with a random ~0.7B Qwen
 model (text: hidden 896, 24 layers, 14 heads / 2 KV heads, ffn 4864, vocab 151,936, tied;
 vision: depth 8, hidden 1280):
 
-1. correctness: Megatron vs HF logits in bf16 (relative Frobenius error over real tokens) for
-   the local and (if importable) TransformerEngine spec; packed (THD) vs padded logits; FP8 vs
-   bf16 GRPO loss (TE only).
+1. correctness: Megatron vs HF logits (relative Frobenius error over real tokens) in fp32 (local
+   spec) and in bf16 for the local spec and the fastest one present (TransformerEngine, else
+   local_sdpa), next to HF's own bf16-vs-fp32 error (the noise floor); packed (THD) vs padded
+   logits; FP8 vs bf16 mean log-prob (TE only).
 2. speed: GRPO training step (forward + backward of :func:`r1vfree_mcore.grpo.loss.grpo_loss` on
-   :func:`vocab_parallel_logprobs`, TP=1) in tokens/s and MFU, bf16 and FP8 (TE only); rollout
-   tokens/s of :class:`r1vfree_mcore.rollout.generator.MegatronGenerator`.
+   :func:`vocab_parallel_logprobs`, TP=1) in tokens/s and MFU, bf16 (also at twice the batch on
+   a GPU) and FP8 (TE only); rollout tokens/s of
+   :class:`r1vfree_mcore.rollout.generator.MegatronGenerator`. ``--profile`` adds a
+   torch.profiler table of one bf16 step and its wall vs GPU-busy time.
 3. memory: peak allocated per phase (``torch.cuda.max_memory_allocated``, reset per phase).
 
 MFU = model FLOPs / time / peak dense bf16 FLOP/s of the card (H100/H200 SXM: 989 TFLOP/s).
@@ -32,11 +35,10 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-PROFILE = False  # --profile: one profiled GRPO step (top kernels, GPU busy time)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 
 
@@ -120,6 +122,11 @@ def hf_kwargs(hf, batch: dict, image_token_id: int, dtype) -> dict:
     if "mm_token_type_ids" in inspect.signature(hf.model.forward).parameters:
         out["mm_token_type_ids"] = (batch["input_ids"] == image_token_id).int()
     return out
+
+
+def spec_key(spec: str) -> str:
+    """Short name of a spec in the JSON keys (``te`` for transformer_engine)."""
+    return {"transformer_engine": "te"}.get(spec, spec)
 
 
 def sync():
@@ -235,7 +242,7 @@ def rollout_tokens_per_s(model, cfg, z: Sizes, device) -> tuple[float, int, bool
     params = SamplingParams(max_new_tokens=z.new_tokens, eos_token_ids=(-1,), pad_token_id=cfg.text_config.pad_token_id)
     gen = MegatronGenerator(model, cfg.text_config.vocab_size)
     # Warm-up (allocator, cuDNN plans, first-call setup) on the same prompts, 2 tokens: untimed.
-    gen.generate(prompts, SamplingParams(max_new_tokens=2, eos_token_ids=(-1,), pad_token_id=params.pad_token_id), seed=0)
+    gen.generate(prompts, replace(params, max_new_tokens=2), seed=0)
     sync()
     t0 = time.perf_counter()
     out = gen.generate(prompts, params, seed=0)
@@ -280,7 +287,7 @@ def correctness(rep: Report, cfg, z: Sizes, device, specs, state, ref, ref32, cb
 
     vocab, real, outs = cfg.text_config.vocab_size, cb["attention_mask"].bool(), {}
     for spec in specs:
-        key = {"transformer_engine": "te"}.get(spec, spec)
+        key = spec_key(spec)
         model = None  # frees the previous spec's model before building
         with rep.guard("correctness", f"{spec}: build + logits"):
             reset_peak()
@@ -312,7 +319,7 @@ def correctness(rep: Report, cfg, z: Sizes, device, specs, state, ref, ref32, cb
         rep.row("correctness", f"{key} spec vs local spec logits, bf16 (rel err)", f"{e:.2e}")
 
 
-def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state) -> None:
+def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state, profile: bool = False) -> None:
     """GRPO forward+backward tokens/s and MFU: bf16 and (TE) both FP8 recipes."""
     from r1vfree_mcore.train.config import ModelConfig
     from r1vfree_mcore.train.precision import plan_precision
@@ -340,9 +347,9 @@ def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state) 
             with torch.no_grad():
                 logp[label] = float(grpo_loss_of(model, tb, prompt_len, vocab, plan)[1])
             sec = time_train(model, tb, prompt_len, vocab, plan, z.steps)
-            if PROFILE and label == "bf16":
+            if profile and label == "bf16":
                 rep.res.update(prof := profile_step(model, tb, prompt_len, vocab, plan))
-                rep.row("speed", f"profiled bf16 step: wall / GPU kernels busy", f"{prof['profile_wall_s'] * 1e3:.1f} / "
+                rep.row("speed", "profiled bf16 step: wall / GPU kernels busy", f"{prof['profile_wall_s'] * 1e3:.1f} / "
                         f"{prof['profile_device_busy_s'] * 1e3:.1f} ms")
             del model
             tps = batch * z.seq / sec
@@ -360,7 +367,7 @@ def speed(rep: Report, cfg, z: Sizes, device, spec: str, te: bool, peak, state) 
                 rep.row("correctness", f"FP8 ({r}) vs bf16 mean completion log-prob (rel diff)", f"{d:.2e}")
 
 
-def run(smoke: bool) -> Report:
+def run(smoke: bool, profile: bool = False) -> Report:
     from transformers import AutoModelForImageTextToText
 
     from r1vfree_mcore.models.backends.transformer_engine import te_available
@@ -374,8 +381,8 @@ def run(smoke: bool) -> Report:
     init(smoke)
     cfg = hf_config(z)
 
-    # HF bf16 reference on a padded batch of three lengths (a failure here ends the check).
-    # The fp32 reference decides parity; HF's own bf16 error against it is the bf16 noise floor
+    # HF fp32 and bf16 references on a padded batch of three lengths (a failure here ends the
+    # check). The fp32 reference decides parity; HF's own bf16 error against it is the bf16 noise floor
     # a Megatron bf16 error is judged by (random 24-layer models amplify rounding).
     reset_peak()
     torch.manual_seed(0)
@@ -407,10 +414,10 @@ def run(smoke: bool) -> Report:
     specs = ["local", "transformer_engine" if te else "local_sdpa"]
     correctness(rep, cfg, z, device, specs, state, ref, ref32, cb)
     del ref, ref32
-    speed(rep, cfg, z, device, specs[-1], te, peak, state)
+    speed(rep, cfg, z, device, specs[-1], te, peak, state, profile)
 
     r = rep.res
-    r["logit_rel_err_bf16"] = r.get(f"logit_rel_err_bf16_{ {'transformer_engine': 'te'}.get(specs[-1], specs[-1])}")
+    r["logit_rel_err_bf16"] = r.get(f"logit_rel_err_bf16_{spec_key(specs[-1])}")
     r["rollout_tokens_per_s"] = max((v for k, v in r.items() if k.startswith("rollout_tokens_per_s_") and v),
                                     default=None)
     r.setdefault("mfu_bf16", None)
@@ -439,14 +446,12 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model on the CPU: code paths only, no timing claims")
     p.add_argument("--profile", action="store_true", help="also profile one bf16 GRPO step (top kernels)")
     a = p.parse_args(argv)
-    global PROFILE
-    PROFILE = a.profile
     if not a.cpu_smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; use --cpu-smoke for the CPU code-path check", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False  # HF's patch-embed Conv3d: fp32 parity needs true fp32
-    rep = run(a.cpu_smoke)
+    rep = run(a.cpu_smoke, a.profile)
     print_table(rep.rows, rep.res, a.cpu_smoke)
     print(json.dumps(rep.res))
     return 1 if rep.errors else 0

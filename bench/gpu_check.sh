@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (docs/gpu.md): correctness, speed (tokens/s, MFU), memory on one
 # H100/H200, offline, in under 8 minutes. Output: one table and one JSON line, then (GPU only) a
-# few GRPO steps of the tiny demo trainer on the card; with $OUT set,
-# also $OUT/gpu_check.log.
+# few GRPO steps of the tiny demo trainer on the card and a resume from its checkpoint. Logs go
+# to ${OUT:-/tmp}: gpu_check.log, trainer_smoke.log, trainer_resume.log (+ trainer_metrics.jsonl
+# when OUT is set).
 #
 #   bash bench/gpu_check.sh              # on a GPU machine, from the repository root
 #   bash bench/gpu_check.sh --cpu-smoke  # the same code paths on the CPU (tiny model)
@@ -53,23 +54,28 @@ set +e
 timeout "${GPU_CHECK_TIMEOUT:-330}" "$PY" bench/gpu_check.py "$@" 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 
-# 2. GPU mode only: the trainer end to end on the card (tiny demo assets, a few GRPO steps, bf16,
-#    spec transformer_engine or its local_sdpa fallback): rollout, rewards, nccl DDP, the
-#    distributed optimizer, a checkpoint and the HF export all on CUDA.
+# 2. GPU mode only: the trainer end to end on the card (tiny demo assets, bf16, spec
+#    transformer_engine or its local_sdpa fallback): rollout, rewards, nccl DDP, the distributed
+#    optimizer and checkpoints on CUDA; then a second process resumes from the last checkpoint.
+demo() {  # demo LOG_NAME TAIL_LINES DEMO_ARGS...: one demo run, its log kept, its exit status returned
+  local log=${OUT:-/tmp}/$1 lines=$2
+  shift 2
+  timeout "${TRAINER_TIMEOUT:-150}" "$PY" -m r1vfree_mcore.demo --run-dir "$RUN/run" --assets "$RUN/assets" "$@" \
+    model.precision=bf16 model.spec=transformer_engine checkpoint.every_steps=2 \
+    2>&1 | tee "$log" | grep -v -i "warn" | tail -"$lines"
+  return "${PIPESTATUS[0]}"
+}
 if [[ " $* " != *" --cpu-smoke "* ]]; then
   RUN=${TRAINER_RUN_DIR:-/tmp/gpu_check_trainer}
+  STEPS=${TRAINER_STEPS:-4}
   rm -rf "$RUN"
-  echo "gpu_check: trainer smoke ($RUN): ${TRAINER_STEPS:-4} GRPO steps of the tiny demo on the GPU"
-  timeout "${TRAINER_TIMEOUT:-150}" "$PY" -m r1vfree_mcore.demo --run-dir "$RUN/run" --assets "$RUN/assets" \
-    --max-steps "${TRAINER_STEPS:-4}" model.precision=bf16 model.spec=transformer_engine checkpoint.every_steps=2 \
-    2>&1 | tee "${OUT:-/tmp}/trainer_smoke.log" | grep -v -i "warn" | tail -25
-  trc=${PIPESTATUS[0]}
+  echo "gpu_check: trainer smoke ($RUN): $STEPS GRPO steps of the tiny demo on the GPU"
+  demo trainer_smoke.log 25 --max-steps "$STEPS"
+  trc=$?
   echo "gpu_check: trainer smoke rc=$trc"
-  if [[ $trc -eq 0 ]]; then  # resume from the last checkpoint (distributed optimizer state) for 2 more steps
-    timeout "${TRAINER_TIMEOUT:-150}" "$PY" -m r1vfree_mcore.demo --run-dir "$RUN/run" --assets "$RUN/assets" \
-      --resume auto --max-steps "$(( ${TRAINER_STEPS:-4} + 2 ))" model.precision=bf16 model.spec=transformer_engine \
-      checkpoint.every_steps=2 2>&1 | tee "${OUT:-/tmp}/trainer_resume.log" | grep -v -i "warn" | tail -8
-    trc=${PIPESTATUS[0]}
+  if [[ $trc -eq 0 ]]; then  # the distributed optimizer's state back from disk, 2 more steps
+    demo trainer_resume.log 8 --resume auto --max-steps "$((STEPS + 2))"
+    trc=$?
     echo "gpu_check: trainer resume rc=$trc"
   fi
   [[ -n "${OUT:-}" && -f "$RUN/run/metrics.jsonl" ]] && cp "$RUN/run/metrics.jsonl" "$OUT/trainer_metrics.jsonl"

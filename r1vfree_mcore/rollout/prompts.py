@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from r1vfree_mcore.data.dataset import PromptSample, build_messages
+from r1vfree_mcore.models.common.repeats import collapse_repeats
 
 
 @dataclass
@@ -73,16 +74,14 @@ def repeated_rows(batch: PromptBatch) -> tuple[list[int], torch.Tensor]:
     """
     sizes = batch.image_grid_thw.prod(-1).tolist()
     images = torch.split(batch.pixel_values, sizes)
-    keep, inverse = [0], [0]
-    for i in range(1, batch.num_sequences):
-        j = keep[-1]
-        same = (torch.equal(batch.input_ids[i], batch.input_ids[j])
+
+    def same(i: int, j: int) -> bool:
+        return (torch.equal(batch.input_ids[i], batch.input_ids[j])
                 and torch.equal(batch.attention_mask[i], batch.attention_mask[j])
                 and torch.equal(batch.image_grid_thw[i], batch.image_grid_thw[j])
                 and torch.equal(images[i], images[j]))
-        if not same:
-            keep.append(i)
-        inverse.append(len(keep) - 1)
+
+    keep, inverse = collapse_repeats(batch.num_sequences, same)
     return keep, torch.tensor(inverse)
 
 

@@ -16,6 +16,7 @@ SPECS = ("local", "local_sdpa", "transformer_engine")
 AGGREGATIONS = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 DATA_FORMATS = ("auto", "disk", "parquet", "jsonl", "hub")
 SCHEDULES = ("constant", "cosine")
+OPTIM_SHARDINGS = ("dp_reshardable", "fully_reshardable")  # checkpoint/manager.py accepts these
 SINKS = ("jsonl", "tensorboard", "wandb")
 
 
@@ -194,7 +195,7 @@ class CheckpointConfig:
     def __post_init__(self):
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
         _check(self.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
-        _one_of(self.optim_sharding, ("dp_reshardable", "fully_reshardable"), "checkpoint.optim_sharding")
+        _one_of(self.optim_sharding, OPTIM_SHARDINGS, "checkpoint.optim_sharding")
         _check(self.hf_export_every is None or self.hf_export_every >= 1, "checkpoint.hf_export_every",
                f"must be >= 1 or null, got {self.hf_export_every}")
 

@@ -14,6 +14,7 @@ from megatron.core.transformer.spec_utils import build_module
 
 from r1vfree_mcore.models.common.configs import VisionDims, merger_config, vision_config
 from r1vfree_mcore.models.common.layer_spec import mlp_spec, transformer_layer_spec
+from r1vfree_mcore.models.common.repeats import collapse_repeats
 
 
 def vision_position_ids(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
@@ -64,13 +65,8 @@ def repeated_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor, sizes: l
     pixels compared with encoding them).
     """
     chunks = torch.split(pixel_values, sizes)
-    keep, inverse = [0], [0]
-    for i in range(1, len(sizes)):
-        j = keep[-1]
-        if not (torch.equal(grid_thw[i], grid_thw[j]) and torch.equal(chunks[i], chunks[j])):
-            keep.append(i)
-        inverse.append(len(keep) - 1)
-    return keep, inverse
+    return collapse_repeats(
+        len(sizes), lambda i, j: torch.equal(grid_thw[i], grid_thw[j]) and torch.equal(chunks[i], chunks[j]))
 
 
 class VisionRotary(torch.nn.Module):
