@@ -1,25 +1,33 @@
 """Benchmark: HF <-> Megatron conversion of a >= 1 GB synthetic Qwen2.5-VL checkpoint vs a plain copy.
 
 Writes a random bf16 checkpoint with Qwen2.5-VL shapes (decoder hidden 1536, real 151,936
-vocab, vision hidden 1280) in a few safetensors shards, then times in one run:
+vocab, vision hidden 1280) in a few safetensors shards, then times, in each of ``--rounds``
+rounds (median reported):
 
-* ``copy``: copying the same safetensors files (the physical limit: read + write every byte);
+* ``copy``: copying the same safetensors files and flushing them to storage (``cp`` + ``sync``:
+  read every byte from storage, write every byte to storage), the physical limit of a
+  conversion, which also leaves its output on storage (megatron's writer and ours fsync);
+* ``copy (page cache)``: the same copy from and into the page cache, no flush (reference only);
 * ``hf-to-mcore`` and ``mcore-to-hf``: the ``r1vfree-convert`` CLI in a subprocess, wall time
   end to end (interpreter start and imports included) and the library's own time (excluded);
-* ``start-up``: a process that only starts Python and imports what a conversion imports (torch,
-  megatron-core the converter's lean way, transformers' config and model classes): the fixed
-  cost inside every CLI wall time, shown for reference (not part of the targets).
+* ``start-up``: a process that only starts Python and imports what a conversion imports: the
+  fixed cost inside every CLI wall time, shown for reference (not part of the targets).
+
+Every step but the page-cache copy starts alike: dirty pages flushed (``sync``) and the
+benchmark's checkpoint files dropped from the page cache (``posix_fadvise(DONTNEED)``), so each
+reads its input from storage and no step pays for the previous one's writes.
 
 Peak RSS is the largest sum of PSS (proportional set size: RSS with shared pages split between
 the processes sharing them, so forked writers are not counted twice) over the CLI process and
-all its children, polled every 100 ms with psutil. It is compared with the unit each direction must hold by design: for
-hf-to-mcore the largest per-rank Megatron shard (at TP=1 the whole model: dist_checkpointing
-saves a rank's tensors together), for mcore-to-hf the largest safetensors file written.
+all its children, polled every 100 ms with psutil (max over rounds). It is compared with the
+unit each direction must hold by design: for hf-to-mcore the largest per-rank Megatron shard
+(at TP=1 the whole model: dist_checkpointing saves a rank's tensors together), for mcore-to-hf
+the largest safetensors file written.
 
-    python bench/convert.py [--workdir DIR] [--layers 8] [--tp 1] [--pp 1] [--max-shard-size 2GB]
+    python bench/convert.py [--workdir DIR] [--layers 8] [--rounds 3] [--tp 1] [--pp 1] [--max-shard-size 2GB]
 
 Last line: ``{"bench": "convert", "time_vs_copy": x, "peak_rss_vs_largest_shard": y}`` (worse of
-the two directions; time on end-to-end wall).
+the two directions; time on end-to-end wall against the copy to storage).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -109,12 +118,29 @@ _STARTUP = ("from r1vfree_mcore.conversion.lean_imports import import_megatron_l
             "from transformers import AutoConfig, AutoModelForImageTextToText")
 
 
-def copy_files(src: Path, dst: Path) -> tuple[float, float]:
-    """(wall s, CPU s) of copying the safetensors files."""
+def evict(root: Path) -> None:
+    """Flush dirty pages, then drop the files under ``root`` from the page cache (no root needed)."""
+    os.sync()
+    for p in root.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def copy_files(src: Path, dst: Path, durable: bool) -> tuple[float, float]:
+    """(wall s, CPU s) of copying the safetensors files; ``durable``: and flushing them to storage."""
+    shutil.rmtree(dst, ignore_errors=True)
     t0, c0 = time.perf_counter(), time.process_time()
     dst.mkdir()
     for f in sorted(src.glob("*.safetensors")):
         shutil.copyfile(f, dst / f.name)
+        if durable:
+            fd = os.open(dst / f.name, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -127,6 +153,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every step; medians are reported")
     a = p.parse_args(argv)
     root = Path(a.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -138,39 +165,54 @@ def main(argv=None) -> None:
         write_synthetic(src, a.layers, a.vision_depth, a.input_shard_size)
     size, largest_in = files_bytes(src, "*.safetensors")
     print(f"checkpoint: {size / GB:.2f} GiB in {len(list(src.glob('*.safetensors')))} shards "
-          f"(largest {largest_in / GB:.2f} GiB)", flush=True)
+          f"(largest {largest_in / GB:.2f} GiB); {a.rounds} rounds", flush=True)
 
-    t_copy, c_copy = copy_files(src, cp)
     cli = [sys.executable, "-m", "r1vfree_mcore.conversion.cli"]
-    w1, rss1, out1, c1 = run_measured(cli + ["hf-to-mcore", "--hf-dir", str(src), "--out", str(mc), "--tp", str(a.tp),
-                                         "--pp", str(a.pp), "--quiet"])
-    s1 = json.loads(out1.strip().splitlines()[-1])
-    # bf16 shard of a rank; at TP=1/PP=1 the whole model.
-    rank_shard = size / (a.tp * a.pp)
-    w2, rss2, out2, c2 = run_measured(cli + ["mcore-to-hf", "--mcore-dir", str(mc), "--out", str(back),
-                                         "--max-shard-size", a.max_shard_size, "--quiet"])
-    s2 = json.loads(out2.strip().splitlines()[-1])
-    _, largest_out = files_bytes(back, "*.safetensors")
-    t_copy2, c_copy2 = copy_files(src, root / "copy2")  # again: the machine is shared, take the faster
-    t_copy, c_copy = min(t_copy, t_copy2), min(c_copy, c_copy2)
-    shutil.rmtree(root / "copy2", ignore_errors=True)
+    runs: dict[str, list[tuple[float, float, float, int]]] = {}  # step -> [(wall, lib, cpu, peak pss)]
+    phases, largest_out = [], 0
+    for r in range(a.rounds):
+        for d in (mc, back):
+            shutil.rmtree(d, ignore_errors=True)
+        evict(root)
+        w, c = copy_files(src, cp, durable=True)
+        runs.setdefault("copy", []).append((w, w, c, 0))
+        w, c = copy_files(src, cp, durable=False)  # input and destination now in the page cache
+        runs.setdefault("copy (page cache)", []).append((w, w, c, 0))
+        shutil.rmtree(cp)
+        evict(root)
+        w, rss, out, c = run_measured(cli + ["hf-to-mcore", "--hf-dir", str(src), "--out", str(mc), "--tp", str(a.tp),
+                                             "--pp", str(a.pp), "--quiet"])
+        s1 = json.loads(out.strip().splitlines()[-1])
+        phases.append(s1["rank0_seconds"])
+        runs.setdefault("h2m", []).append((w, s1["seconds"], c, rss))
+        evict(root)
+        w, rss, out, c = run_measured(cli + ["mcore-to-hf", "--mcore-dir", str(mc), "--out", str(back),
+                                             "--max-shard-size", a.max_shard_size, "--quiet"])
+        s2 = json.loads(out.strip().splitlines()[-1])
+        runs.setdefault("m2h", []).append((w, s2["seconds"], c, rss))
+        largest_out = max(largest_out, files_bytes(back, "*.safetensors")[1])
+        w, _, _, c = run_measured([sys.executable, "-c", _STARTUP])
+        runs.setdefault("start-up (imports only)", []).append((w, w, c, 0))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1][0]:.2f} s" for k, v in runs.items()), flush=True)
 
-    w0, _, _, c0 = run_measured([sys.executable, "-c", _STARTUP])
+    def med(step, i):
+        return statistics.median(x[i] for x in runs[step])
 
-    rows = [
-        ("copy", t_copy, t_copy, c_copy, None, None),
-        ("start-up (imports only)", w0, w0, c0, None, None),
-        (f"hf-to-mcore tp={a.tp} pp={a.pp}", w1, s1["seconds"], c1, rss1, rank_shard),
-        ("mcore-to-hf", w2, s2["seconds"], c2, rss2, largest_out),
-    ]
+    rank_shard = size / (a.tp * a.pp)  # bf16 shard of a rank; at TP=1/PP=1 the whole model
+    t_copy = med("copy", 0)
+    rows = [("copy", "copy", None), ("copy (page cache)", "copy (page cache)", None),
+            ("start-up (imports only)", "start-up (imports only)", None),
+            (f"hf-to-mcore tp={a.tp} pp={a.pp}", "h2m", rank_shard), ("mcore-to-hf", "m2h", largest_out)]
     print(f"{'step':<24}{'wall s':>8}{'lib s':>8}{'CPU s':>8}{'GB/s wall':>11}{'GB/s lib':>10}{'x copy':>8}"
-          f"{'peak RSS GiB':>14}{'shard GiB':>11}{'RSS/shard':>10}")
-    for name, wall, lib, cpu, rss, shard in rows:
+          f"{'peak PSS GiB':>14}{'unit GiB':>10}{'PSS/unit':>10}")
+    for name, key, unit in rows:
+        wall, lib, cpu = med(key, 0), med(key, 1), med(key, 2)
+        rss = max(x[3] for x in runs[key])
         print(f"{name:<24}{wall:8.2f}{lib:8.2f}{cpu:8.2f}{size / 1e9 / wall:11.2f}{size / 1e9 / lib:10.2f}"
-              f"{wall / t_copy:8.1f}" + (f"{rss / GB:14.2f}{shard / GB:11.2f}{rss / shard:10.2f}" if rss else ""))
-    print(f"hf-to-mcore rank 0 phases (s): {s1['rank0_seconds']}; load average {os.getloadavg()[0]:.1f}")
-    time_vs_copy = max(w1, w2) / t_copy
-    rss_ratio = max(rss1 / rank_shard, rss2 / largest_out)
+              f"{wall / t_copy:8.1f}" + (f"{rss / GB:14.2f}{unit / GB:10.2f}{rss / unit:10.2f}" if unit else ""))
+    print(f"hf-to-mcore rank 0 phases (s) per round: {phases}; load average {os.getloadavg()[0]:.1f}")
+    time_vs_copy = max(med("h2m", 0), med("m2h", 0)) / t_copy
+    rss_ratio = max(max(x[3] for x in runs["h2m"]) / rank_shard, max(x[3] for x in runs["m2h"]) / largest_out)
     print(json.dumps({"bench": "convert", "time_vs_copy": round(time_vs_copy, 2),
                       "peak_rss_vs_largest_shard": round(rss_ratio, 2)}))
 

@@ -61,7 +61,7 @@ def main(argv=None, lean_imports: bool | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if lean_imports is None:
         lean_imports = argv is None
-    if lean_imports:
+    if lean_imports and args.command == "hf-to-mcore":  # mcore-to-hf needs no megatron-core
         from r1vfree_mcore.conversion.lean_imports import import_megatron_lean
 
         import_megatron_lean()

@@ -119,13 +119,34 @@ def _slab_planner(slabs: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]):
     return SlabPlanner(flatten_state_dict=False)
 
 
+def _mapped_record(path: str, stream, sinfo, slice_file) -> torch.Tensor | None:
+    """The tensor a torch.save record holds, over a private mapping of its bytes in the file
+    (only the record's small header is read), or None when the record is not one contiguous
+    tensor at the start of its one storage (then it is loaded the usual way)."""
+    from r1vfree_mcore.conversion.file_map import map_bytes
+
+    meta = torch.load(slice_file(stream, sinfo), map_location="meta", weights_only=True)  # no data read
+    if not isinstance(meta, torch.Tensor) or not meta.numel() or not meta.is_contiguous() or meta.storage_offset():
+        return None
+    # torch.save's zip stores each storage uncompressed; this is how torch.load(mmap=True) finds it.
+    archive = torch._C.PyTorchFileReader(slice_file(stream, sinfo))
+    data = [r for r in archive.get_all_records() if r.startswith("data/")]
+    nbytes = meta.numel() * meta.element_size()
+    start = archive.get_record_offset(data[0]) if len(data) == 1 else -1
+    if start < 0 or start + nbytes > sinfo.length:
+        return None
+    return map_bytes(path, sinfo.offset + start, nbytes, meta.dtype, tuple(meta.shape))
+
+
 def _handoff_reader(dist_dir: Path):
     """A DCP FileSystemReader that keeps a stored record's tensor when it alone fills a destination.
 
     torch's reader loads every record into fresh memory and copies it into the preallocated
     destination; when one record *is* the whole destination (a tensor saved unsharded, one
     layer of a stack at TP=1) that copy (and touching the destination's pages) is skipped:
-    ``reader.whole[key]`` holds the loaded tensor instead. Other requests go the usual way.
+    ``reader.whole[key]`` holds the record's tensor instead, a mapping of its bytes in the file
+    when it can be (:func:`_mapped_record`). Part of a mappable record is copied to its place
+    from the mapping; other requests go the usual way.
     """
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan
@@ -136,25 +157,32 @@ def _handoff_reader(dist_dir: Path):
             self.whole: dict[str, torch.Tensor] = {}
 
         def _whole_record(self, req, planner) -> bool:
-            md = self.storage_data[req.storage_index]
             dest = planner.state_dict[req.dest_index.fqn]
-            return (req.type == LoadItemType.TENSOR and not md.transform_descriptors
-                    and not any(req.dest_offsets) and tuple(req.lengths) == tuple(dest.shape))
+            return not any(req.dest_offsets) and tuple(req.lengths) == tuple(dest.shape)
 
         def read_data(self, plan, planner):
             rest = []
             for req in plan.items:
-                if not self._whole_record(req, planner):
+                md = self.storage_data[req.storage_index]
+                if req.type != LoadItemType.TENSOR or md.transform_descriptors:
                     rest.append(req)
                     continue
-                md = self.storage_data[req.storage_index]
-                with self.fs.create_stream(self.fs.concat_path(self.path, md.relative_path), "rb") as stream:
-                    t = torch.load(self._slice_file(stream, md), map_location="cpu", weights_only=True)
+                path = self.fs.concat_path(self.path, md.relative_path)
+                whole = self._whole_record(req, planner)
+                with self.fs.create_stream(path, "rb") as stream:
+                    t = _mapped_record(str(path), stream, md, self._slice_file)
+                    if t is None and whole:
+                        t = torch.load(self._slice_file(stream, md), map_location="cpu", weights_only=True)
+                if t is None:  # neither mappable nor a whole destination: torch's way
+                    rest.append(req)
+                    continue
                 box = t[tuple(slice(o, o + n) for o, n in zip(req.storage_offsets, req.lengths))]
-                if box.numel() == t.numel():  # the record is exactly the box: keep it
+                if whole and box.numel() == t.numel():  # the record is exactly the box: keep it
                     self.whole[req.dest_index.fqn] = box
-                else:  # part of a larger record: copy out as torch does (frees the rest)
-                    planner.state_dict[req.dest_index.fqn].copy_(box)
+                else:  # copy the box to its place (from the mapping: one copy, not torch's two)
+                    target = planner.resolve_tensor(req)
+                    target.copy_(box)
+                    planner.commit_tensor(req, target)
             return super().read_data(LoadPlan(rest, plan.storage_data, plan.planner_data), planner)
 
     return HandoffReader(str(dist_dir))

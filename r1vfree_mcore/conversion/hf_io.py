@@ -1,8 +1,10 @@
 """Streaming HF safetensors I/O: a lazy per-tensor reader and a planned, sharded writer.
 
 The reader only parses headers up front (names, shapes, dtypes, truncation check); tensor data is
-read on demand with positioned reads (no mmap), either into fresh memory or, for a row range,
-straight into a caller's tensor (a parameter), so a process holds at most the tensors it asked for.
+read on demand with positioned reads, either into fresh memory or, for a row range, straight
+into a caller's tensor (a parameter), so a process holds at most the tensors it asked for. A
+reader made with ``map_rows=True`` also hands out row ranges as tensors over a private mapping of
+the file (no read, no copy: the converter saves them straight from the page cache).
 The writer is given the full list of (name, shape, dtype) first, plans the shard files (HF's
 ``model-0000k-of-0000n.safetensors`` names need the count) and every tensor's byte offset, writes
 the headers, then writes each tensor to its place as it arrives (no shard is buffered).
@@ -21,6 +23,7 @@ from typing import Callable, Iterable
 import torch
 
 from r1vfree_mcore.conversion.errors import ConversionError, name_list
+from r1vfree_mcore.conversion.file_map import map_bytes
 from r1vfree_mcore.models.common.weight_rules import hf_aliases
 
 INDEX = "model.safetensors.index.json"
@@ -77,11 +80,13 @@ class HFReader:
 
     ``infos`` maps on-disk (4.x) names to :class:`TensorInfo`; :meth:`get` accepts either
     spelling and raises KeyError when absent (the contract of ``load_hf_state_dict``'s getter);
-    :meth:`info` and :meth:`read_rows_into` let that loader read straight into parameters.
+    :meth:`info` and :meth:`read_rows_into` let that loader read straight into parameters, and
+    with ``map_rows=True`` :meth:`map_rows` lets it make a parameter a view of the file instead
+    (for a model that is only saved, as in conversion: its pages stay the file's page cache).
     ``on_read(nbytes)`` is called once per tensor consumed (progress).
     """
 
-    def __init__(self, hf_dir: str | Path, on_read: Callable[[int], None] | None = None):
+    def __init__(self, hf_dir: str | Path, on_read: Callable[[int], None] | None = None, map_rows: bool = False):
         self.dir = Path(hf_dir)
         index = self.dir / INDEX
         if index.is_file():
@@ -115,6 +120,7 @@ class HFReader:
         self.bytes_read = 0
         self.tensors_read = 0
         self._on_read = on_read  # called with each tensor's full byte size once it is consumed
+        self.maps_rows = map_rows
 
     def names(self) -> set[str]:
         """On-disk (4.x) names of every tensor."""
@@ -183,6 +189,25 @@ class HFReader:
         if out.numel():
             self._read(key, row * (out.numel() // out.shape[0]) * out.element_size(), out)
         self._consumed(key)
+
+    def map_rows(self, name: str, row: int, count: int) -> torch.Tensor:
+        """Rows ``row .. row + count`` (dim 0) of a tensor over a private copy-on-write mapping
+        of its bytes in the file: nothing is read or copied until the pages are touched, and
+        writes to it would not reach the file. Only for a reader made with ``map_rows=True``.
+        Counts as consuming the whole tensor for progress.
+        """
+        if not self.maps_rows:
+            raise RuntimeError("HFReader.map_rows needs a reader made with map_rows=True")
+        key = self._key(name)
+        info = self.infos[key]
+        if not info.shape or row < 0 or count < 1 or row + count > info.shape[0]:
+            raise ValueError(f"{key}: cannot map rows {row}..{row + count} of {list(info.shape)}")
+        row_bytes = info.nbytes // info.shape[0]
+        t = map_bytes(info.file, self._span[key][0] + row * row_bytes, count * row_bytes, info.dtype,
+                      (count, *info.shape[1:]))
+        self.bytes_read += count * row_bytes
+        self._consumed(key)
+        return t
 
     __call__ = get
 

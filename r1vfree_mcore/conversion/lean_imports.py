@@ -34,7 +34,7 @@ def import_megatron_lean() -> bool:
         import megatron.core  # noqa: F401
         from megatron.core import dist_checkpointing  # noqa: F401
 
-        import r1vfree_mcore.models  # noqa: F401  (the megatron model modules it builds on)
+        import r1vfree_mcore.models.common.vlm  # noqa: F401  (the megatron model modules it builds on)
     finally:
         torch.compile = compile_fn
         if had_wandb:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from r1vfree_mcore.models.common.vlm import build_model
 from r1vfree_mcore.parallel.state import ParallelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,6 +36,8 @@ def build_empty_stage(hf_config, parallel: ParallelConfig, dtype: torch.dtype, o
     Buffers computed at construction (rope frequencies) are meta too: the result is for holding
     and saving weights, not for running forward.
     """
+    from r1vfree_mcore.models.common.vlm import build_model  # megatron: only when a stage is built
+
     with torch.device("meta"):
         model = build_model(hf_config, parallel, "local", params_dtype=dtype)
     if not on_meta:

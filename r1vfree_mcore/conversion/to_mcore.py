@@ -89,11 +89,18 @@ def _fast_write_results_queue() -> None:
         filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
 
 
+def _tp_rank() -> tuple[int, int]:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+
+
 def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_name: str) -> dict:
     """This rank's part of one conversion: build, check, fill and save its stage."""
     from megatron.core import dist_checkpointing
 
     from r1vfree_mcore.conversion.dist_io import load_hf_config
+    from r1vfree_mcore.conversion.mapped_records import gate_up_plan, map_gate_up_records
     from r1vfree_mcore.conversion.stage import build_empty_stage, materialize
     from r1vfree_mcore.models.common.weight_loading import load_hf_state_dict
 
@@ -105,12 +112,16 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
             counters[0] += nbytes
             counters[1] += 1
 
-    reader = HFReader(hf_dir, on_read=on_read)
+    # Plain tensors become views of the HF files: saved from the page cache, never copied in.
+    reader = HFReader(hf_dir, on_read=on_read, map_rows=True)
     model = build_empty_stage(hf_config, parallel, DTYPES[dtype_name], on_meta=True)
     _check_shapes(model, reader, hf_config)
     materialize(model)
     t1 = time.perf_counter()
-    load_hf_state_dict(model, reader, hf_config)
+    gate_up = gate_up_plan(model, reader)  # saved from mapped HF rows, never filled
+    load_hf_state_dict(model, reader, hf_config, skip=gate_up)
+    sharded = model.sharded_state_dict()
+    map_gate_up_records(sharded, model, reader, gate_up, *_tp_rank())
     reader.close()
     t2 = time.perf_counter()
     _fast_write_results_queue()
@@ -119,7 +130,7 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
     # per GB and no reader checks it (torch.load does not), so skip computing it for this save.
     torch.serialization.set_crc32_options(False)
     try:
-        dist_checkpointing.save({"model": model.sharded_state_dict()}, str(dist_dir))
+        dist_checkpointing.save({"model": sharded}, str(dist_dir))
     finally:
         torch.serialization.set_crc32_options(crc32)
     return {

@@ -54,3 +54,34 @@ def test_read_rows_into_fills_only_the_rows_asked(ckpt):
 def test_read_rows_into_rejects_what_does_not_fit(ckpt, out, row):
     with pytest.raises(ValueError, match="model.embed_tokens.weight: cannot read rows"):
         HFReader(ckpt[0]).read_rows_into("model.embed_tokens.weight", row, out)
+
+
+def test_map_rows_views_the_file_without_changing_it(ckpt):
+    d, tensors = ckpt
+    emb = tensors["model.embed_tokens.weight"]
+    with pytest.raises(RuntimeError, match="map_rows=True"):
+        HFReader(d).map_rows("model.embed_tokens.weight", 0, 2)
+    seen = []
+    reader = HFReader(d, on_read=seen.append, map_rows=True)
+    rows = reader.map_rows("model.language_model.embed_tokens.weight", 3, 5)  # 5.x spelling
+    assert rows.dtype == torch.bfloat16 and torch.equal(rows, emb[3:8]) and seen == [emb.numel() * 2]
+    # Its own storage (what megatron's writer checks before it would clone a view)...
+    assert rows.untyped_storage().nbytes() == rows.numel() * rows.element_size()
+    bias = reader.map_rows("visual.blocks.0.attn.qkv.bias", 1, 5)
+    assert bias.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    rows.fill_(0)  # ...private: the file keeps its bytes
+    assert torch.equal(HFReader(d).get("model.embed_tokens.weight"), emb)
+    for row, count in ((8, 3), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="cannot map rows"):
+            reader.map_rows("model.embed_tokens.weight", row, count)
+
+
+def test_map_bytes_refuses_a_range_past_the_end_of_the_file(tmp_path):
+    from r1vfree_mcore.conversion.errors import ConversionError
+    from r1vfree_mcore.conversion.file_map import map_bytes
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(bytes(range(16)))
+    assert map_bytes(f, 4, 8, torch.uint8, (2, 4)).flatten().tolist() == list(range(4, 12))
+    with pytest.raises(ConversionError, match="truncated file .*x.bin"):
+        map_bytes(f, 12, 8, torch.uint8, (8,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -34,12 +35,16 @@ def test_lean_megatron_import_in_a_fresh_process():
 
 @pytest.mark.slow
 def test_cli_program_round_trip_is_bit_exact(tiny, tmp_path):
-    """``python -m r1vfree_mcore.conversion.cli`` (lean imports, TP=1 in-process) both ways."""
+    """``python -m r1vfree_mcore.conversion.cli`` (lean imports, TP=1 in-process) both ways; the
+    HF export does not import megatron-core at all."""
     src = tiny("qwen2_5_vl", False)
     mc, back = tmp_path / "mcore", tmp_path / "hf"
-    cli = [sys.executable, "-m", "r1vfree_mcore.conversion.cli"]
+    cli = [sys.executable, "-X", "importtime", "-m", "r1vfree_mcore.conversion.cli"]
+    imported = {}
     for args in (["hf-to-mcore", "--hf-dir", str(src), "--out", str(mc), "--quiet"],
                  ["mcore-to-hf", "--mcore-dir", str(mc), "--out", str(back), "--quiet"]):
         out = subprocess.run(cli + args, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
+        imported[args[0]] = re.search(r"\|\s+megatron\b", out.stderr) is not None  # -X importtime lists each
     assert_bit_exact(src, back)
+    assert imported == {"hf-to-mcore": True, "mcore-to-hf": False}  # the export needs no megatron

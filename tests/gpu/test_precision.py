@@ -70,7 +70,7 @@ def test_spec_names_pick_their_backends():
 def test_fp8_fields_reach_only_the_decoder_config():
     """The overrides build a decoder TransformerConfig with fp8; vision and merger configs have none."""
     from r1vfree_mcore.models.common.configs import decoder_config, merger_config, vision_config
-    from r1vfree_mcore.models.common.vlm import vision_dims_of
+    from r1vfree_mcore.models.common.vision_dims import vision_dims_of
     from r1vfree_mcore.testing.tiny import TinySpec, _hf_config, build_tokenizer
 
     hf = _hf_config(TinySpec(), build_tokenizer())

@@ -5,7 +5,6 @@ Every size comes from the HF config (decoder) or a family's :class:`VisionDims` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -14,6 +13,7 @@ from megatron.core.activations import quick_gelu
 from megatron.core.transformer import TransformerConfig
 
 from r1vfree_mcore.models.common.hf_config import head_dim, rope_params, text_config
+from r1vfree_mcore.models.common.vision_dims import VisionDims
 
 ACTIVATIONS: dict[str, Callable] = {"quick_gelu": quick_gelu, "silu": F.silu, "gelu": F.gelu}
 
@@ -30,54 +30,6 @@ def activation(name: str) -> Callable:
     if name == "quick_gelu" and not torch.cuda.is_available():
         return eager_quick_gelu
     return ACTIVATIONS[name]
-
-
-@dataclass(frozen=True)
-class VisionDims:
-    """Resolved sizes of a Qwen-VL vision tower (each family fills it from its vision_config)."""
-
-    depth: int
-    hidden: int
-    heads: int
-    ffn_hidden: int
-    out_hidden: int  # merger output = decoder hidden size
-    patch_size: int
-    temporal_patch_size: int
-    in_channels: int
-    spatial_merge_size: int
-    norm: str  # 'LayerNorm' | 'RMSNorm'
-    gated: bool  # gated (SwiGLU-style) MLP
-    activation: str  # key of ACTIVATIONS
-    rope_theta: float
-    window_size: int | None = None  # Qwen2.5-VL window attention (pixels); None = full attention
-    fullatt_block_indexes: tuple[int, ...] = ()
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def merged_hidden(self) -> int:
-        return self.hidden * self.spatial_merge_size**2
-
-    @property
-    def patch_dim(self) -> int:
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
-
-
-def shared_vision_fields(vc) -> dict[str, Any]:
-    """The VisionDims fields both families spell the same way in their vision_config."""
-    from r1vfree_mcore.models.common.hf_config import vision_rope_theta
-
-    return dict(
-        depth=vc.depth,
-        heads=vc.num_heads,
-        patch_size=vc.patch_size,
-        temporal_patch_size=vc.temporal_patch_size,
-        in_channels=getattr(vc, "in_channels", getattr(vc, "in_chans", 3)),
-        spatial_merge_size=vc.spatial_merge_size,
-        rope_theta=vision_rope_theta(vc),
-    )
 
 
 def _common(tp: int, params_dtype: torch.dtype) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import build_module
 
-from r1vfree_mcore.models.common.configs import VisionDims, merger_config, vision_config
+from r1vfree_mcore.models.common.configs import merger_config, vision_config
+from r1vfree_mcore.models.common.vision_dims import VisionDims
 from r1vfree_mcore.models.common.layer_spec import mlp_spec, transformer_layer_spec
 from r1vfree_mcore.models.common.repeats import collapse_repeats
 

@@ -16,13 +16,14 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 
 from r1vfree_mcore.models.backends import get_backend
-from r1vfree_mcore.models.common.configs import VisionDims, decoder_config
+from r1vfree_mcore.models.common.configs import decoder_config
 from r1vfree_mcore.models.common.hf_config import family_of, rope_params, text_config, tied_embeddings
 from r1vfree_mcore.models.common.inference import cached_decoder_mask
 from r1vfree_mcore.models.common.layer_spec import transformer_layer_spec
 from r1vfree_mcore.models.common.prefix_rows import plan_prefix_rows
 from r1vfree_mcore.models.common.rope_index import get_rope_index
 from r1vfree_mcore.models.common.vision import VisionTower
+from r1vfree_mcore.models.common.vision_dims import vision_dims_of
 from r1vfree_mcore.parallel.state import ParallelConfig
 
 MAKE_VOCAB_SIZE_DIVISIBLE_BY = 128
@@ -32,16 +33,6 @@ def padded_vocab_size(vocab: int, tp: int, divisible_by: int = MAKE_VOCAB_SIZE_D
     """Megatron's vocab padding: round up to a multiple of ``divisible_by * tp``."""
     multiple = divisible_by * tp
     return int(math.ceil(vocab / multiple) * multiple)
-
-
-def vision_dims_of(hf_config) -> VisionDims:
-    """The family's vision sizes read from ``hf_config.vision_config``."""
-    family = family_of(hf_config)
-    if family == "qwen2_vl":
-        from r1vfree_mcore.models.qwen2_vl.arch import vision_dims
-    else:
-        from r1vfree_mcore.models.qwen2_5_vl.arch import vision_dims
-    return vision_dims(hf_config.vision_config)
 
 
 def stage_layer_counts(num_layers: int, cfg: ParallelConfig) -> list[int]:

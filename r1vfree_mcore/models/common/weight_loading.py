@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Callable, Mapping, Union
+from typing import Callable, Collection, Mapping, Union
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,7 @@ def weight_map_of(hf_config) -> tuple[Rule, ...]:
 
 def convert_ctx(hf_config, padded_vocab_size: int) -> ConvertCtx:
     """Head layouts and vocab sizes the converters need."""
-    from r1vfree_mcore.models.common.vlm import vision_dims_of
+    from r1vfree_mcore.models.common.vision_dims import vision_dims_of
 
     tc = text_config(hf_config)
     vd = vision_dims_of(hf_config)
@@ -74,6 +74,12 @@ def _hf_names(rule: Rule, idx: str | None, tied: bool) -> tuple[str, ...]:
     if tied and rule.megatron == "language_model.output_layer.weight":
         return ("model.embed_tokens.weight",)  # a tied output layer (PP>1 copy) starts as the embedding
     return tuple(n.replace("{i}", idx) if idx is not None else n for n in rule.hf)
+
+
+def hf_sources(model, local: str) -> tuple[Rule, tuple[str, ...]]:
+    """(weight-map rule, HF tensor names) a local parameter of ``model`` is made from."""
+    rule, idx = match_rule(weight_map_of(model.hf_config), global_name(model, local))
+    return rule, _hf_names(rule, idx, tied_embeddings(model.hf_config))
 
 
 def _fetch(source: HFSource, name: str) -> torch.Tensor:
@@ -130,7 +136,7 @@ def _row_wise(rule: Rule, tp: int) -> bool:
 
 
 @torch.no_grad()
-def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None) -> list[str]:
+def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None, skip: Collection[str] = ()) -> list[str]:
     """Copy this rank's TP/PP shard of every parameter from HF tensors; returns the local names.
 
     ``hf_tensors``: a mapping or a getter ``name -> Tensor`` (raising KeyError when absent), in
@@ -140,7 +146,10 @@ def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None) -> list[str]
     also has ``info(name)`` (shape/dtype, KeyError when absent) and ``read_rows_into(name, row,
     out)`` (e.g. :class:`~r1vfree_mcore.conversion.hf_io.HFReader`) lets row-wise
     tensors (plain copies, the padded vocab, dim-0 shards) go from disk into the parameter
-    without a temporary.
+    without a temporary; one whose ``maps_rows`` is true makes such parameters views of the
+    file instead (``map_rows(name, row, count)``), when no vocab padding is involved.
+    ``skip``: local names the caller fills another way (left untouched, still checked against
+    the weight map).
     """
     hf_config = hf_config or model.hf_config
     rules, tied = weight_map_of(hf_config), tied_embeddings(hf_config)
@@ -151,11 +160,17 @@ def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None) -> list[str]
     for local, param in model.named_parameters():
         rule, idx = match_rule(rules, global_name(model, local))
         names = _hf_names(rule, idx, tied)
+        if local in skip:
+            continue
         if _row_wise(rule, tp):
             if direct and param.device.type == "cpu" and param.is_contiguous():
-                name, info = _fetch_info(hf_tensors, names[0])
+                name, info = fetch_info(hf_tensors, names[0])
                 if info.dtype == param.dtype:  # straight from disk into the parameter
                     shape = tuple(info.shape)
+                    if getattr(hf_tensors, "maps_rows", False) and _map_rows(hf_tensors, name, param, rule, ctx,
+                                                                             shape, tp, rank):
+                        loaded.append(local)
+                        continue
                     ok = _fill_rows(param, rule, ctx, shape, tp, rank,
                                     lambda row, dst: hf_tensors.read_rows_into(name, row, dst))
                     _check(ok, local, param, names, _row_shape(rule, ctx, shape, tp, rank))
@@ -174,6 +189,16 @@ def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None) -> list[str]
     return loaded
 
 
+def _map_rows(source, name: str, param, rule: Rule, ctx: ConvertCtx, hf_shape, tp: int, rank: int) -> bool:
+    """Make ``param`` a view of its HF rows in the file (``source.map_rows``) when they are all
+    real rows of the right shape (no vocab padding); False (nothing done) otherwise."""
+    start, count = _rows_of(rule, ctx, hf_shape[0], tp, rank)
+    if count < 1 or start + count > hf_shape[0] or tuple(param.shape) != (count, *hf_shape[1:]):
+        return False
+    param.data = source.map_rows(name, start, count)
+    return True
+
+
 def _row_shape(rule, ctx, hf_shape, tp, rank) -> tuple[int, ...]:
     return (_rows_of(rule, ctx, hf_shape[0], tp, rank)[1], *hf_shape[1:])
 
@@ -183,7 +208,7 @@ def _check(ok: bool, local: str, param, names, got) -> None:
         raise ValueError(f"{local}: shape {tuple(param.shape)} but HF {names} give {tuple(got)}")
 
 
-def _fetch_info(source, name: str):
+def fetch_info(source, name: str):
     """(alias found, its info) from a source with ``info``; KeyError as :func:`_fetch`."""
     for alias in hf_aliases(name):
         try:

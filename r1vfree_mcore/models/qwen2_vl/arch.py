@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from r1vfree_mcore.models.common.configs import VisionDims, shared_vision_fields
+from r1vfree_mcore.models.common.vision_dims import VisionDims, shared_vision_fields
 
 
 def vision_dims(vc) -> VisionDims:
