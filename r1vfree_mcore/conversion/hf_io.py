@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import struct
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -121,6 +122,7 @@ class HFReader:
         self.tensors_read = 0
         self._on_read = on_read  # called with each tensor's full byte size once it is consumed
         self.maps_rows = map_rows
+        self.recent: deque[str] = deque(maxlen=3)  # last tensors asked for (error messages)
 
     def names(self) -> set[str]:
         """On-disk (4.x) names of every tensor."""
@@ -136,6 +138,7 @@ class HFReader:
         key = disk_name(name)
         if key not in self.infos:
             raise KeyError(name)
+        self.recent.append(key)
         return key
 
     def _read(self, key: str, begin: int, out: torch.Tensor) -> None:
@@ -309,11 +312,15 @@ class ShardedWriter:
             data, offset = data[written:], offset + written
         self._done.add(name)
 
-    def finish(self) -> None:
-        """Check every planned tensor arrived; close files; write the index (sharded output only)."""
+    def close(self) -> None:
+        """Close the shard files (idempotent; :meth:`finish` does it too)."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+    def finish(self) -> None:
+        """Check every planned tensor arrived; close files; write the index (sharded output only)."""
+        self.close()
         missing = set(self.slots) - self._done
         if missing:
             raise ConversionError(f"{len(missing)} planned HF tensors were never produced: {name_list(missing)}")

@@ -29,17 +29,16 @@ def materialize(model: torch.nn.Module) -> None:
             module._parameters[name] = done[id(p)]
 
 
-def build_empty_stage(hf_config, parallel: ParallelConfig, dtype: torch.dtype, on_meta: bool = False):
-    """This rank's stage with uninitialised CPU parameters (megatron parallel state must be up);
-    ``on_meta``: leave them on the meta device (shape checks first, then :func:`materialize`).
+def build_empty_stage(hf_config, parallel: ParallelConfig, dtype: torch.dtype):
+    """This rank's stage with uninitialised CPU parameters (megatron parallel state must be up).
 
     Buffers computed at construction (rope frequencies) are meta too: the result is for holding
     and saving weights, not for running forward.
     """
+    from r1vfree_mcore.models.common.configs import no_weight_init
     from r1vfree_mcore.models.common.vlm import build_model  # megatron: only when a stage is built
 
-    with torch.device("meta"):
+    with torch.device("meta"), no_weight_init():
         model = build_model(hf_config, parallel, "local", params_dtype=dtype)
-    if not on_meta:
-        materialize(model)
+    materialize(model)
     return model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -57,26 +58,29 @@ def _export(hf_config, tensors: dict, padded_vocab: int) -> dict[str, torch.Tens
 
 
 def plan_export(hf_config, slots: dict, padded_vocab: int, units: list[list[str]], dtype):
-    """(name, shape, dtype) of every HF tensor, unit by unit, checked against transformers."""
+    """(name, shape, dtype) of every HF tensor, unit by unit (checked by :func:`check_plan`)."""
     plan = []
     for unit in units:
         meta = {n: torch.empty(slots[n].shape, dtype=slots[n].dtype, device="meta") for n in unit}
         for name, t in _export(hf_config, meta, padded_vocab).items():
             plan.append((name, tuple(t.shape), dtype or t.dtype))
-    ref = _hf_reference_shapes(hf_config)
+    return plan
+
+
+def check_plan(plan, reference: dict[str, tuple[int, ...]]) -> None:
+    """ConversionError unless the plan writes exactly the tensors and shapes transformers builds."""
     got = {n: s for n, s, _ in plan}
     problems = []
-    if set(ref) - set(got):
-        problems.append(f"would not write {name_list(set(ref) - set(got))}")
-    if set(got) - set(ref):
-        problems.append(f"would write unexpected {name_list(set(got) - set(ref))}")
-    bad = [f"{n} {list(got[n])} (transformers expects {list(ref[n])})" for n in sorted(set(got) & set(ref))
-           if got[n] != ref[n]]
+    if set(reference) - set(got):
+        problems.append(f"would not write {name_list(set(reference) - set(got))}")
+    if set(got) - set(reference):
+        problems.append(f"would write unexpected {name_list(set(got) - set(reference))}")
+    bad = [f"{n} {list(got[n])} (transformers expects {list(reference[n])})" for n in sorted(set(got) & set(reference))
+           if got[n] != reference[n]]
     if bad:
         problems.append(f"shape mismatch: {name_list(bad, 4)}")
     if problems:
         raise ConversionError("checkpoint does not match its HF config: " + "; ".join(problems))
-    return plan
 
 
 def _check_unknown_keys(metadata: dict, slots: dict) -> None:
@@ -100,7 +104,7 @@ def _write_hf_files(src: Path, out: Path, dtype: torch.dtype) -> None:
 
 
 def _stream(ckpt: Path, hf_config, out: Path, max_shard: int, dtype, progress: bool) -> dict:
-    from r1vfree_mcore.conversion.dist_io import load_full, slots as slots_of, tensors_metadata
+    from r1vfree_mcore.conversion.dist_io import slots as slots_of, tensors_metadata
     from r1vfree_mcore.conversion.layout import groups, megatron_names
 
     dist_dir = ckpt / md.DIST
@@ -109,23 +113,44 @@ def _stream(ckpt: Path, hf_config, out: Path, max_shard: int, dtype, progress: b
     _check_unknown_keys(metadata, slots)
     padded = slots["language_model.embedding.word_embeddings.weight"].shape[0]
     units = groups(hf_config)
-    plan = plan_export(hf_config, slots, padded, units, dtype)
+    # What transformers builds for the config is the reference the plan must match. Importing
+    # its model classes takes ~2 s, so that runs beside the streaming (its I/O releases the
+    # GIL) and the plan is checked as soon as the reference is there, before the output counts.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reference = pool.submit(_hf_reference_shapes, hf_config)
+        plan = plan_export(hf_config, slots, padded, units, dtype)
+        summary = _write(dist_dir, hf_config, slots, padded, units, plan, reference, out, max_shard, dtype, progress)
+    return summary
+
+
+def _write(dist_dir, hf_config, slots, padded, units, plan, reference, out, max_shard, dtype, progress) -> dict:
+    """Stream every unit into the planned safetensors files; check the plan once the reference is in."""
+    from r1vfree_mcore.conversion.dist_io import load_full
+
     writer = ShardedWriter(out, plan, max_shard)
     bar = Progress("mcore-to-hf", writer.total_size, len(plan), enabled=progress)
-    written = 0
-    for unit in units:
-        full = load_full(dist_dir, {n: slots[n] for n in unit})
-        hf = _export(hf_config, full, padded)
-        del full
-        for name, t in hf.items():
-            if dtype is not None:
-                t = t.to(dtype)
-            writer.add(name, t)
-            written += t.numel() * t.element_size()
-            bar.update(t.numel() * t.element_size())
-        del hf
-    writer.finish()
-    bar.close()
+    written, checked = 0, False
+    try:
+        for unit in units:
+            if not checked and reference.done():
+                check_plan(plan, reference.result())
+                checked = True
+            full = load_full(dist_dir, {n: slots[n] for n in unit})
+            hf = _export(hf_config, full, padded)
+            del full
+            for name, t in hf.items():
+                if dtype is not None:
+                    t = t.to(dtype)
+                writer.add(name, t)
+                written += t.numel() * t.element_size()
+                bar.update(t.numel() * t.element_size())
+            del hf
+        if not checked:
+            check_plan(plan, reference.result())
+        writer.finish()
+    finally:
+        writer.close()
+        bar.close()
     return {"bytes": written, "tensors": len(plan), "shards": len(writer.files),
             "largest_shard_bytes": writer.largest_shard_bytes, "dtype": plan[0][2]}
 

@@ -55,21 +55,14 @@ def check_tensor_names(hf_config, reader: HFReader) -> None:
         raise ConversionError(f"{reader.dir}: " + "; ".join(problems))
 
 
-def _check_shapes(model, reader: HFReader, hf_config) -> None:
-    """Dry run of the load on the meta device: shape errors name the HF tensors involved."""
+def _load_checked(model, reader: HFReader, hf_config, skip) -> None:
+    """Fill the stage; a shape error names the HF tensors read last (ConversionError)."""
     from r1vfree_mcore.models.common.weight_loading import load_hf_state_dict
 
-    asked: list[str] = []
-
-    def meta_get(name):
-        info = reader.info(name)  # KeyError passes through (alias lookup)
-        asked.append(name)
-        return torch.empty(info.shape, dtype=info.dtype, device="meta")
-
     try:
-        load_hf_state_dict(model, meta_get, hf_config)
+        load_hf_state_dict(model, reader, hf_config, skip=skip)
     except (ValueError, RuntimeError) as exc:
-        shapes = ", ".join(f"{n} {list(reader.info(n).shape)}" for n in asked[-3:])
+        shapes = ", ".join(f"{n} {list(reader.info(n).shape)}" for n in reader.recent)
         raise ConversionError(f"shape mismatch: HF tensors [{shapes}] do not fit the model config: "
                               f"{str(exc).splitlines()[0]}") from None
 
@@ -101,8 +94,7 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
 
     from r1vfree_mcore.conversion.dist_io import load_hf_config
     from r1vfree_mcore.conversion.mapped_records import gate_up_plan, map_gate_up_records
-    from r1vfree_mcore.conversion.stage import build_empty_stage, materialize
-    from r1vfree_mcore.models.common.weight_loading import load_hf_state_dict
+    from r1vfree_mcore.conversion.stage import build_empty_stage
 
     t0 = time.perf_counter()
     hf_config = load_hf_config(hf_dir)
@@ -114,12 +106,12 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
 
     # Plain tensors become views of the HF files: saved from the page cache, never copied in.
     reader = HFReader(hf_dir, on_read=on_read, map_rows=True)
-    model = build_empty_stage(hf_config, parallel, DTYPES[dtype_name], on_meta=True)
-    _check_shapes(model, reader, hf_config)
-    materialize(model)
+    # Parameters get storage without being touched (no memory used until written); the load
+    # checks every shape (a meta-device dry run would import TorchDynamo for its meta ops).
+    model = build_empty_stage(hf_config, parallel, DTYPES[dtype_name])
     t1 = time.perf_counter()
     gate_up = gate_up_plan(model, reader)  # saved from mapped HF rows, never filled
-    load_hf_state_dict(model, reader, hf_config, skip=gate_up)
+    _load_checked(model, reader, hf_config, gate_up)
     sharded = model.sharded_state_dict()
     map_gate_up_records(sharded, model, reader, gate_up, *_tp_rank())
     reader.close()

@@ -101,3 +101,19 @@ def test_mcore_to_hf_rejects_non_checkpoint(tmp_path):
     with pytest.raises(ConversionError, match="is not a Megatron checkpoint"):
         mcore_to_hf(tmp_path / "empty", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_mcore_to_hf_refuses_hf_files_of_another_shape(tiny, tmp_path):
+    """HF files whose config disagrees with the checkpoint's shapes (checked against what
+    transformers builds, beside the streaming): one error line, no output."""
+    src = tiny("qwen2_5_vl", False)
+    hf_to_mcore(src, tmp_path / "mc", progress=False)
+    other = _copy(src, tmp_path / "other")
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] += 8
+    (other / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError, match=r"does not match its HF config: shape mismatch: .*mlp\.gate_proj") as exc:
+        mcore_to_hf(tmp_path / "mc", out, hf_dir=other, progress=False)
+    assert "\n" not in str(exc.value) and "transformers expects" in str(exc.value)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith("out.")]

@@ -5,6 +5,8 @@ Every size comes from the HF config (decoder) or a family's :class:`VisionDims` 
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from typing import Any, Callable
 
 import torch
@@ -32,8 +34,24 @@ def activation(name: str) -> Callable:
     return ACTIVATIONS[name]
 
 
+_INIT_WEIGHTS: ContextVar[bool] = ContextVar("init_weights", default=True)
+
+
+@contextlib.contextmanager
+def no_weight_init():
+    """Build models without initialising their weights (like transformers' ``no_init_weights``):
+    for a model whose every weight is overwritten next, e.g. the converters' stages built on the
+    meta device (where megatron's init would only cost time: each meta init op imports TorchDynamo)."""
+    token = _INIT_WEIGHTS.set(False)
+    try:
+        yield
+    finally:
+        _INIT_WEIGHTS.reset(token)
+
+
 def _common(tp: int, params_dtype: torch.dtype) -> dict[str, Any]:
     return dict(
+        perform_initialization=_INIT_WEIGHTS.get(),
         tensor_model_parallel_size=tp,
         use_cpu_initialization=not torch.cuda.is_available(),
         params_dtype=params_dtype,

@@ -76,7 +76,8 @@ class VisionRotary(torch.nn.Module):
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         spatial = head_dim // 2
-        inv = 1.0 / (theta ** (torch.arange(0, spatial, 2, dtype=torch.float) / spatial))
+        # On the CPU even under a meta-device build (the converters'): a buffer, not a weight.
+        inv = 1.0 / (theta ** (torch.arange(0, spatial, 2, dtype=torch.float, device="cpu") / spatial))
         self.register_buffer("inv_freq", inv, persistent=False)
 
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
