@@ -84,3 +84,22 @@ def test_decoder_overrides_cannot_change_architecture(hf_config):
 
     with pytest.raises(ValueError, match=r"architecture fields \['num_layers'\]"):
         decoder_config(hf_config, 1, 1, None, None, {"num_layers": 2})
+
+
+def test_no_weight_init_reaches_every_config_and_ends_with_its_block(hf_config):
+    import torch
+
+    from r1vfree_mcore.models.common.configs import decoder_config, merger_config, no_weight_init, vision_config
+    from r1vfree_mcore.models.common.vision_dims import vision_dims_of
+
+    dims = vision_dims_of(hf_config)
+
+    def flags():
+        return [decoder_config(hf_config, 1, 1, None, torch.float32).perform_initialization,
+                vision_config(dims, 1, torch.float32).perform_initialization,
+                merger_config(dims, 1, torch.float32).perform_initialization]
+
+    assert flags() == [True, True, True]
+    with no_weight_init():
+        assert flags() == [False, False, False]
+    assert flags() == [True, True, True]
