@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 import torch
 
 from r1vfree_mcore.conversion.errors import ConversionError, name_list
-from r1vfree_mcore.conversion.file_map import map_bytes
+from r1vfree_mcore.conversion.file_map import file_range_of, map_bytes
 from r1vfree_mcore.models.common.weight_rules import hf_aliases
 
 INDEX = "model.safetensors.index.json"
@@ -244,6 +244,20 @@ def _nbytes(shape, dtype) -> int:
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
+def _copy_range(source: tuple[str, int], fd: int, offset: int, nbytes: int) -> None:
+    """Copy ``nbytes`` from ``source`` (file, offset) to ``fd`` at ``offset`` without user-space copies."""
+    path, src_offset = source
+    src = os.open(path, os.O_RDONLY)
+    try:
+        while nbytes:
+            n = os.copy_file_range(src, fd, nbytes, src_offset, offset)
+            if not n:
+                raise ConversionError(f"short copy from {path} at byte {src_offset}: file ended")
+            src_offset, offset, nbytes = src_offset + n, offset + n, nbytes - n
+    finally:
+        os.close(src)
+
+
 class ShardedWriter:
     """Writes planned tensors straight into ``model-0000k-of-0000n.safetensors`` files + the index.
 
@@ -306,10 +320,14 @@ class ShardedWriter:
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_WRONLY)
-        data = memoryview(tensor.detach().contiguous().view(torch.uint8).reshape(-1).numpy())
-        while data:
-            written = os.pwrite(fd, data, offset)
-            data, offset = data[written:], offset + written
+        source = file_range_of(tensor)
+        if source is not None:  # a mapped file range: copy file to file in the kernel
+            _copy_range(source, fd, offset, _nbytes(shape, dtype))
+        else:
+            data = memoryview(tensor.detach().contiguous().view(torch.uint8).reshape(-1).numpy())
+            while data:
+                written = os.pwrite(fd, data, offset)
+                data, offset = data[written:], offset + written
         self._done.add(name)
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -104,11 +105,12 @@ def _write_hf_files(src: Path, out: Path, dtype: torch.dtype) -> None:
 
 
 def _stream(ckpt: Path, hf_config, out: Path, max_shard: int, dtype, progress: bool) -> dict:
-    from r1vfree_mcore.conversion.dist_io import slots as slots_of, tensors_metadata
+    from r1vfree_mcore.conversion.dist_io import read_metadata, slots as slots_of, tensors_metadata
     from r1vfree_mcore.conversion.layout import groups, megatron_names
 
     dist_dir = ckpt / md.DIST
-    metadata = tensors_metadata(dist_dir)
+    dcp_metadata = read_metadata(dist_dir)
+    metadata = tensors_metadata(dcp_metadata)
     slots = slots_of(megatron_names(hf_config), metadata)
     _check_unknown_keys(metadata, slots)
     padded = slots["language_model.embedding.word_embeddings.weight"].shape[0]
@@ -119,11 +121,23 @@ def _stream(ckpt: Path, hf_config, out: Path, max_shard: int, dtype, progress: b
     with ThreadPoolExecutor(max_workers=1) as pool:
         reference = pool.submit(_hf_reference_shapes, hf_config)
         plan = plan_export(hf_config, slots, padded, units, dtype)
-        summary = _write(dist_dir, hf_config, slots, padded, units, plan, reference, out, max_shard, dtype, progress)
+        source = _Source(dist_dir, dcp_metadata, slots, padded, units)
+        summary = _write(source, hf_config, plan, reference, out, max_shard, dtype, progress)
     return summary
 
 
-def _write(dist_dir, hf_config, slots, padded, units, plan, reference, out, max_shard, dtype, progress) -> dict:
+@dataclass(frozen=True)
+class _Source:
+    """What the streaming reads: the dist checkpoint, its metadata, where each tensor is, in units."""
+
+    dist_dir: Path
+    metadata: object  # torch DCP Metadata
+    slots: dict
+    padded_vocab: int
+    units: list[list[str]]
+
+
+def _write(src: _Source, hf_config, plan, reference, out, max_shard, dtype, progress) -> dict:
     """Stream every unit into the planned safetensors files; check the plan once the reference is in."""
     from r1vfree_mcore.conversion.dist_io import load_full
 
@@ -131,12 +145,12 @@ def _write(dist_dir, hf_config, slots, padded, units, plan, reference, out, max_
     bar = Progress("mcore-to-hf", writer.total_size, len(plan), enabled=progress)
     written, checked = 0, False
     try:
-        for unit in units:
+        for unit in src.units:
             if not checked and reference.done():
                 check_plan(plan, reference.result())
                 checked = True
-            full = load_full(dist_dir, {n: slots[n] for n in unit})
-            hf = _export(hf_config, full, padded)
+            full = load_full(src.dist_dir, {n: src.slots[n] for n in unit}, src.metadata)
+            hf = _export(hf_config, full, src.padded_vocab)
             del full
             for name, t in hf.items():
                 if dtype is not None:

@@ -85,3 +85,33 @@ def test_map_bytes_refuses_a_range_past_the_end_of_the_file(tmp_path):
     assert map_bytes(f, 4, 8, torch.uint8, (2, 4)).flatten().tolist() == list(range(4, 12))
     with pytest.raises(ConversionError, match="truncated file .*x.bin"):
         map_bytes(f, 12, 8, torch.uint8, (8,))
+
+
+def test_mapped_tensors_know_their_file_range_and_are_written_file_to_file(tmp_path):
+    import gc
+
+    from safetensors.torch import load_file
+
+    from r1vfree_mcore.conversion import file_map
+    from r1vfree_mcore.conversion.hf_io import ShardedWriter
+
+    f = tmp_path / "x.bin"
+    data = torch.arange(64, dtype=torch.int32)
+    f.write_bytes(b"\0" * 8 + data.numpy().tobytes())
+    t = file_map.map_bytes(f, 8, 256, torch.int32, (8, 8))
+    assert file_map.file_range_of(t) == (str(f), 8)
+    assert file_map.file_range_of(t[2:4]) == (str(f), 8 + 2 * 32)  # a row range: its own offset
+    assert file_map.file_range_of(t[:, :4]) is None  # not contiguous
+    assert file_map.file_range_of(t.clone()) is None  # plain memory
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = ShardedWriter(out, [("a", (2, 8), torch.int32), ("b", (8, 8), torch.int32)], 10**9)
+    writer.add("a", t[2:4])  # through copy_file_range
+    writer.add("b", t.clone())  # through pwrite
+    writer.finish()
+    got = load_file(out / "model.safetensors")
+    assert torch.equal(got["a"], data.view(8, 8)[2:4]) and torch.equal(got["b"], data.view(8, 8))
+    entries = len(file_map._MAPPED)
+    del t
+    gc.collect()
+    assert len(file_map._MAPPED) == entries - 1  # the entry goes with its mapping

@@ -67,14 +67,14 @@ def test_mcore_to_hf_maps_whole_records_instead_of_loading_them(tiny, tmp_path, 
     import torch
 
     from conversion_cases import hf_tensors
-    from r1vfree_mcore.conversion.dist_io import load_full, load_hf_config, slots, tensors_metadata
+    from r1vfree_mcore.conversion.dist_io import load_full, load_hf_config, read_metadata, slots, tensors_metadata
     from r1vfree_mcore.conversion.to_mcore import hf_to_mcore
 
     src = tiny("qwen2_5_vl", False)
     hf_to_mcore(src, tmp_path / "mc", progress=False)
     dist = tmp_path / "mc" / "dist"
     name = "language_model.embedding.word_embeddings.weight"
-    wanted = slots([name], tensors_metadata(dist))
+    wanted = slots([name], tensors_metadata(read_metadata(dist)))
     real_load = torch.load
 
     def meta_only(*args, **kwargs):
