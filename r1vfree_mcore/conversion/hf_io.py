@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import struct
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +308,7 @@ class ShardedWriter:
         self.largest_shard_bytes = max(self.shard_bytes)
         self._done: set[str] = set()
         self._fds: dict[Path, int] = {}
+        self.kernel_copy = hasattr(os, "copy_file_range")  # off after the first failure
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Write one tensor at its planned place."""
@@ -320,15 +322,26 @@ class ShardedWriter:
         fd = self._fds.get(path)
         if fd is None:
             fd = self._fds[path] = os.open(path, os.O_WRONLY)
-        source = file_range_of(tensor)
-        if source is not None:  # a mapped file range: copy file to file in the kernel
-            _copy_range(source, fd, offset, _nbytes(shape, dtype))
-        else:
+        if not self._copy_mapped(tensor, fd, offset, _nbytes(shape, dtype)):
             data = memoryview(tensor.detach().contiguous().view(torch.uint8).reshape(-1).numpy())
             while data:
                 written = os.pwrite(fd, data, offset)
                 data, offset = data[written:], offset + written
         self._done.add(name)
+
+    def _copy_mapped(self, tensor: torch.Tensor, fd: int, offset: int, nbytes: int) -> bool:
+        """Copy a mapped file range file to file in the kernel; False if the tensor is not one or
+        the file system cannot (then said once, and later tensors go through memory at once)."""
+        source = file_range_of(tensor) if self.kernel_copy else None
+        if source is None:
+            return False
+        try:
+            _copy_range(source, fd, offset, nbytes)
+            return True
+        except OSError as exc:
+            self.kernel_copy = False
+            warnings.warn(f"copy_file_range into {self.out} failed ({exc}); writing through memory instead")
+            return False
 
     def close(self) -> None:
         """Close the shard files (idempotent; :meth:`finish` does it too)."""

@@ -115,3 +115,31 @@ def test_mapped_tensors_know_their_file_range_and_are_written_file_to_file(tmp_p
     del t
     gc.collect()
     assert len(file_map._MAPPED) == entries - 1  # the entry goes with its mapping
+
+
+def test_writer_falls_back_to_memory_when_the_kernel_copy_fails(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from safetensors.torch import load_file
+
+    from r1vfree_mcore.conversion import file_map, hf_io
+
+    f = tmp_path / "x.bin"
+    f.write_bytes(torch.arange(16, dtype=torch.int32).numpy().tobytes())
+    t = file_map.map_bytes(f, 0, 64, torch.int32, (16,))
+
+    def unsupported(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = hf_io.ShardedWriter(out, [("a", (16,), torch.int32), ("b", (8,), torch.int32)], 10**9)
+    with pytest.warns(UserWarning, match="copy_file_range into .* failed"):
+        writer.add("a", t)
+    writer.add("b", t[8:])  # no second try
+    writer.finish()
+    got = load_file(out / "model.safetensors")
+    assert got["a"].tolist() == list(range(16)) and got["b"].tolist() == list(range(8, 16))
+    assert not writer.kernel_copy
