@@ -121,14 +121,21 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
     # torch_dist stores each tensor as a torch.save zip record; its CRC32 costs ~0.5 s of CPU
     # per GB and no reader checks it (torch.load does not), so skip computing it for this save.
     torch.serialization.set_crc32_options(False)
+    _count_saving(counters, +1)  # the bytes are in; the progress bar says the save runs
     try:
         dist_checkpointing.save({"model": sharded}, str(dist_dir))
     finally:
         torch.serialization.set_crc32_options(crc32)
+        _count_saving(counters, -1)
     return {
         "seconds": {"build": t1 - t0, "load": t2 - t1, "save": time.perf_counter() - t2},
         "padded_vocab_size": model.padded_vocab_size,
     }
+
+
+def _count_saving(counters, delta: int) -> None:
+    with counters.get_lock():
+        counters[2] += delta
 
 
 def _rank_main(rank, world, counters, jobs, tp, pp, split):
