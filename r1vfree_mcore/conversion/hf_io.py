@@ -176,12 +176,13 @@ class HFReader:
         self._consumed(key)
         return t
 
-    def read_rows_into(self, name: str, row: int, out: torch.Tensor) -> None:
+    def read_rows_into(self, name: str, row: int, out: torch.Tensor, consumed: bool = True) -> None:
         """Read rows ``row .. row + len(out)`` (along dim 0) of a tensor straight into ``out``.
 
         ``out``: contiguous CPU tensor of the tensor's dtype and trailing shape (e.g. a
         parameter, or its first rows). A dim-0 range is one contiguous byte range on disk, so
-        nothing else is allocated. Counts as consuming the whole tensor for progress.
+        nothing else is allocated. Counts as consuming the whole tensor for progress unless
+        ``consumed`` is False (a caller reading one tensor in several runs).
         """
         key = self._key(name)
         info = self.infos[key]
@@ -192,7 +193,8 @@ class HFReader:
                              f"{list(info.shape)} {info.dtype} into {list(out.shape)} {out.dtype}")
         if out.numel():
             self._read(key, row * (out.numel() // out.shape[0]) * out.element_size(), out)
-        self._consumed(key)
+        if consumed:
+            self._consumed(key)
 
     def map_rows(self, name: str, row: int, count: int) -> torch.Tensor:
         """Rows ``row .. row + count`` (dim 0) of a tensor over a private copy-on-write mapping

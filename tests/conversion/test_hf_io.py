@@ -144,3 +144,43 @@ def test_writer_falls_back_to_memory_when_the_kernel_copy_fails(tmp_path, monkey
     got = load_file(out / "model.safetensors")
     assert got["a"].tolist() == list(range(16)) and got["b"].tolist() == list(range(8, 16))
     assert not writer.kernel_copy
+
+
+def _fetched_whole(rank, world, hf_dir):
+    import torch
+
+    from r1vfree_mcore.conversion.dist_io import load_hf_config
+    from r1vfree_mcore.conversion.hf_io import HFReader
+    from r1vfree_mcore.models.common.vlm import build_model
+    from r1vfree_mcore.models.common.weight_loading import export_hf_state_dict, load_hf_state_dict
+    from r1vfree_mcore.parallel.state import ParallelConfig, destroy_parallel, initialize_parallel
+
+    initialize_parallel(ParallelConfig())
+    try:
+        hf_config = load_hf_config(hf_dir)
+        fetched = []
+        get = HFReader.get
+
+        def spy(self, name):  # a fresh rank process: patching the class is local to it
+            fetched.append(name)
+            return get(self, name)
+
+        HFReader.get = HFReader.__call__ = spy
+        reader = HFReader(hf_dir)
+        model = build_model(hf_config, ParallelConfig())
+        load_hf_state_dict(model, reader, hf_config)
+        back = export_hf_state_dict(model)
+        fetched_by_load = sorted(fetched)
+        same = all(torch.equal(back[n], get(reader, n)) for n in back)
+        return fetched_by_load, same
+    finally:
+        destroy_parallel()
+
+
+def test_fused_parameters_are_read_run_by_run_not_through_temporaries(tiny):
+    """Fused QKV and gate/up parameters are filled by row runs straight from disk; only the
+    patch embedding (a reshape across dims) is fetched whole; the weights come back exact."""
+    from r1vfree_mcore.testing.distributed import run_distributed
+
+    fetched, same = run_distributed(_fetched_whole, 1, str(tiny("qwen2_5_vl", False)))[0]
+    assert fetched == ["visual.patch_embed.proj.weight"] and same

@@ -55,3 +55,36 @@ def test_vocab_padding_round_trip():
     padded = hf_to_megatron("vocab", [w], CTX)
     assert padded.shape == (16, 4) and (padded[10:] == 0).all()
     assert torch.equal(megatron_to_hf("vocab", padded, CTX)[0], w)
+
+
+@pytest.mark.parametrize("convert, split, sources", [
+    ("copy", "dim0", [(12, 5)]),
+    ("qkv", "dim0", [(12, 5), (6, 5), (6, 5)]),  # 4 heads / 2 KV groups, head_dim 3
+    ("qkv", "dim0", [(12,), (6,), (6,)]),  # its bias
+    ("vision_qkv", "dim0", [(18, 6)]),
+    ("gate_up", "gate_up", [(8, 3), (8, 3)]),
+])
+@pytest.mark.parametrize("tp", [1, 2])
+def test_row_runs_rebuild_what_the_transforms_build(convert, split, sources, tp):
+    """Assembling a shard run by run from the HF tensors gives exactly the transform's shard."""
+    from r1vfree_mcore.models.common.row_runs import moves_rows_only, row_runs
+
+    assert moves_rows_only(convert, split, tp)
+    hf = [torch.randn(shape) for shape in sources]
+    for rank in range(tp):
+        want = split_tp(split, hf_to_megatron(convert, hf, CTX), tp, rank)
+        got = torch.full_like(want, float("nan"))
+        runs = row_runs(convert, split, [t.shape[0] for t in hf], CTX, tp, rank)
+        for src, row, count, dst in runs:
+            got[dst:dst + count] = hf[src][row:row + count]
+        assert torch.equal(got, want), (convert, tp, rank)
+        assert len(runs) < want.shape[0] or want.shape[0] <= 3  # runs, not single rows
+
+
+def test_row_runs_are_refused_for_transforms_that_change_values_or_columns():
+    from r1vfree_mcore.models.common.row_runs import moves_rows_only
+
+    assert not moves_rows_only("vocab", "dim0", 1)  # padding rows are new zeros
+    assert not moves_rows_only("patch", "replicated", 1)  # a reshape across dims
+    assert not moves_rows_only("copy", "dim1", 2)  # a column split
+    assert moves_rows_only("copy", "dim1", 1)  # at TP=1 the split does nothing

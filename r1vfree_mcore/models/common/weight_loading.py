@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from r1vfree_mcore.models.common.hf_config import family_of, head_dim, text_config, tied_embeddings
+from r1vfree_mcore.models.common.row_runs import moves_rows_only, row_runs
 from r1vfree_mcore.models.common.weight_rules import Rule, hf_aliases
 from r1vfree_mcore.models.common.weight_transforms import (
     ConvertCtx,
@@ -145,7 +146,8 @@ def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None, skip: Collec
     only move values), so a source of the parameter dtype is copied bit for bit. A getter that
     also has ``info(name)`` (shape/dtype, KeyError when absent) and ``read_rows_into(name, row,
     out)`` (e.g. :class:`~r1vfree_mcore.conversion.hf_io.HFReader`) lets row-wise
-    tensors (plain copies, the padded vocab, dim-0 shards) go from disk into the parameter
+    tensors (plain copies, the padded vocab, dim-0 shards) and row-reordering ones (fused QKV,
+    gate/up; :mod:`~r1vfree_mcore.models.common.row_runs`) go from disk into the parameter
     without a temporary; one whose ``maps_rows`` is true makes such parameters views of the
     file instead (``map_rows(name, row, count)``), when no vocab padding is involved.
     ``skip``: local names the caller fills another way (left untouched, still checked against
@@ -181,12 +183,32 @@ def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None, skip: Collec
                             lambda row, dst: dst.copy_(hf[row:row + dst.shape[0]]))
             _check(ok, local, param, names, _row_shape(rule, ctx, hf.shape, tp, rank))
         else:
+            if (direct and param.device.type == "cpu" and param.is_contiguous()
+                    and moves_rows_only(rule.convert, rule.split, tp)
+                    and _read_row_runs(hf_tensors, names, param, rule, ctx, tp, rank)):
+                loaded.append(local)
+                continue
             hf = [_fetch(hf_tensors, n) for n in names]
             shard = split_tp(rule.split, hf_to_megatron(rule.convert, hf, ctx), tp, rank)
             _check(shard.shape == param.shape, local, param, names, shard.shape)
             param.copy_(shard)
         loaded.append(local)
     return loaded
+
+
+def _read_row_runs(source, names, param, rule: Rule, ctx: ConvertCtx, tp: int, rank: int) -> bool:
+    """Fill ``param`` run by run straight from disk (fused QKV, gate/up: no temporaries) when
+    every source has its dtype and trailing shape; False (nothing written) otherwise."""
+    found = [fetch_info(source, n) for n in names]
+    if any(info.dtype != param.dtype or tuple(info.shape[1:]) != tuple(param.shape[1:]) for _, info in found):
+        return False
+    runs = row_runs(rule.convert, rule.split, [info.shape[0] for _, info in found], ctx, tp, rank)
+    if sum(count for _, _, count, _ in runs) != param.shape[0]:
+        return False
+    last = {src: k for k, (src, _, _, _) in enumerate(runs)}  # progress counts each source once
+    for k, (src, row, count, dst) in enumerate(runs):
+        source.read_rows_into(found[src][0], row, param[dst:dst + count], consumed=last[src] == k)
+    return True
 
 
 def _map_rows(source, name: str, param, rule: Rule, ctx: ConvertCtx, hf_shape, tp: int, rank: int) -> bool:
