@@ -12,7 +12,8 @@ Qwen2.5-VL that is 7.6 GB of its 16.6 GB, copied three times before.
 from __future__ import annotations
 
 from r1vfree_mcore.conversion.errors import ConversionError
-from r1vfree_mcore.models.common.weight_loading import fetch_info, hf_sources
+from r1vfree_mcore.models.common.row_runs import row_runs
+from r1vfree_mcore.models.common.weight_loading import convert_ctx, fetch_info, hf_sources, tp_layout
 
 
 def gate_up_plan(model, reader) -> dict[str, tuple[str, str]]:
@@ -29,14 +30,15 @@ def gate_up_plan(model, reader) -> dict[str, tuple[str, str]]:
     return plan
 
 
-def map_gate_up_records(sharded_state_dict: dict, model, reader, plan: dict[str, tuple[str, str]],
-                        tp: int, rank: int) -> None:
+def map_gate_up_records(sharded_state_dict: dict, model, reader, plan: dict[str, tuple[str, str]]) -> None:
     """Replace (in place) the fc1 factories of ``plan``'s parameters in ``sharded_state_dict`` by
     their two ShardedTensors over mapped HF rows. Every planned parameter must be found: one
     that is not would be saved unfilled, so that raises."""
     from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
     from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 
+    tp, rank, _ = tp_layout()
+    ctx = convert_ctx(model.hf_config, model.padded_vocab_size)
     params = dict(model.named_parameters())
     by_storage = {params[local].data_ptr(): local for local in plan}
     done: set[str] = set()
@@ -45,17 +47,17 @@ def map_gate_up_records(sharded_state_dict: dict, model, reader, plan: dict[str,
         if not isinstance(x, ShardedTensorFactory) or x.data.data_ptr() not in by_storage:
             return x
         local = by_storage[x.data.data_ptr()]
+        names = plan[local]
         pieces = x.build()
-        if len(pieces) != 2:
-            raise RuntimeError(f"{local}: expected megatron's gate/up pair of records, got {len(pieces)}")
-        for piece, name in zip(pieces, plan[local]):
-            rows = reader.info(name).shape[0]
-            if rows % tp:
-                raise ConversionError(f"{name}: {rows} rows do not split over tensor parallel size {tp}")
-            per = rows // tp
-            mapped = reader.map_rows(name, rank * per, per)
+        # This rank's rows of gate and up, as the weight transforms lay out its fused shard.
+        runs = row_runs("gate_up", "gate_up", [reader.info(n).shape[0] for n in names], ctx, tp, rank)
+        if len(pieces) != 2 or [src for src, _, _, _ in runs] != [0, 1]:
+            raise RuntimeError(f"{local}: expected megatron's gate/up pair of records, got {len(pieces)} "
+                               f"records for {len(runs)} row runs")
+        for piece, (src, row, count, _) in zip(pieces, runs):
+            mapped = reader.map_rows(names[src], row, count)
             if tuple(mapped.shape) != tuple(piece.local_shape) or mapped.dtype != piece.data.dtype:
-                raise ConversionError(f"{name}: rows {rank * per}..{(rank + 1) * per} are {list(mapped.shape)} "
+                raise ConversionError(f"{names[src]}: rows {row}..{row + count} are {list(mapped.shape)} "
                                       f"{mapped.dtype}; {local} needs {list(piece.local_shape)} {piece.data.dtype}")
             piece.data = mapped
         done.add(local)

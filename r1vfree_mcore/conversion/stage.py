@@ -32,8 +32,8 @@ def materialize(model: torch.nn.Module) -> None:
 def build_empty_stage(hf_config, parallel: ParallelConfig, dtype: torch.dtype):
     """This rank's stage with uninitialised CPU parameters (megatron parallel state must be up).
 
-    Buffers computed at construction (rope frequencies) are meta too: the result is for holding
-    and saving weights, not for running forward.
+    Buffers computed at construction (the decoder's rope frequencies) may stay meta: the result is
+    for holding and saving weights, not for running forward.
     """
     from r1vfree_mcore.models.common.configs import no_weight_init
     from r1vfree_mcore.models.common.vlm import build_model  # megatron: only when a stage is built

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -105,7 +103,7 @@ def _write_hf_files(src: Path, out: Path, dtype: torch.dtype) -> None:
 
 
 def _stream(ckpt: Path, hf_config, out: Path, max_shard: int, dtype, progress: bool) -> dict:
-    from r1vfree_mcore.conversion.dist_io import read_metadata, slots as slots_of, tensors_metadata
+    from r1vfree_mcore.conversion.dist_io import load_full, read_metadata, slots as slots_of, tensors_metadata
     from r1vfree_mcore.conversion.layout import groups, megatron_names
 
     dist_dir = ckpt / md.DIST
@@ -115,42 +113,15 @@ def _stream(ckpt: Path, hf_config, out: Path, max_shard: int, dtype, progress: b
     _check_unknown_keys(metadata, slots)
     padded = slots["language_model.embedding.word_embeddings.weight"].shape[0]
     units = groups(hf_config)
-    # What transformers builds for the config is the reference the plan must match. Importing
-    # its model classes takes ~2 s, so that runs beside the streaming (its I/O releases the
-    # GIL) and the plan is checked as soon as the reference is there, before the output counts.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        reference = pool.submit(_hf_reference_shapes, hf_config)
-        plan = plan_export(hf_config, slots, padded, units, dtype)
-        source = _Source(dist_dir, dcp_metadata, slots, padded, units)
-        summary = _write(source, hf_config, plan, reference, out, max_shard, dtype, progress)
-    return summary
-
-
-@dataclass(frozen=True)
-class _Source:
-    """What the streaming reads: the dist checkpoint, its metadata, where each tensor is, in units."""
-
-    dist_dir: Path
-    metadata: object  # torch DCP Metadata
-    slots: dict
-    padded_vocab: int
-    units: list[list[str]]
-
-
-def _write(src: _Source, hf_config, plan, reference, out, max_shard, dtype, progress) -> dict:
-    """Stream every unit into the planned safetensors files; check the plan once the reference is in."""
-    from r1vfree_mcore.conversion.dist_io import load_full
-
+    plan = plan_export(hf_config, slots, padded, units, dtype)
+    check_plan(plan, _hf_reference_shapes(hf_config))  # before a byte is written
     writer = ShardedWriter(out, plan, max_shard)
     bar = Progress("mcore-to-hf", writer.total_size, len(plan), enabled=progress)
-    written, checked = 0, False
+    written = 0
     try:
-        for unit in src.units:
-            if not checked and reference.done():
-                check_plan(plan, reference.result())
-                checked = True
-            full = load_full(src.dist_dir, {n: src.slots[n] for n in unit}, src.metadata)
-            hf = _export(hf_config, full, src.padded_vocab)
+        for unit in units:
+            full = load_full(dist_dir, {n: slots[n] for n in unit}, dcp_metadata)
+            hf = _export(hf_config, full, padded)
             del full
             for name, t in hf.items():
                 if dtype is not None:
@@ -159,8 +130,6 @@ def _write(src: _Source, hf_config, plan, reference, out, max_shard, dtype, prog
                 written += t.numel() * t.element_size()
                 bar.update(t.numel() * t.element_size())
             del hf
-        if not checked:
-            check_plan(plan, reference.result())
         writer.finish()
     finally:
         writer.close()

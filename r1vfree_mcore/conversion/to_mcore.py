@@ -82,12 +82,6 @@ def _fast_write_results_queue() -> None:
         filesystem_async._results_queue = mp.get_context("fork").Manager().Queue()
 
 
-def _tp_rank() -> tuple[int, int]:
-    from megatron.core import parallel_state as ps
-
-    return ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-
-
 def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_name: str) -> dict:
     """This rank's part of one conversion: build, check, fill and save its stage."""
     from megatron.core import dist_checkpointing
@@ -113,7 +107,7 @@ def _convert_one(counters, hf_dir, dist_dir, parallel: ParallelConfig, dtype_nam
     gate_up = gate_up_plan(model, reader)  # saved from mapped HF rows, never filled
     _load_checked(model, reader, hf_config, gate_up)
     sharded = model.sharded_state_dict()
-    map_gate_up_records(sharded, model, reader, gate_up, *_tp_rank())
+    map_gate_up_records(sharded, model, reader, gate_up)
     reader.close()
     t2 = time.perf_counter()
     _fast_write_results_queue()

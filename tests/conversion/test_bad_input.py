@@ -105,7 +105,7 @@ def test_mcore_to_hf_rejects_non_checkpoint(tmp_path):
 
 def test_mcore_to_hf_refuses_hf_files_of_another_shape(tiny, tmp_path):
     """HF files whose config disagrees with the checkpoint's shapes (checked against what
-    transformers builds, beside the streaming): one error line, no output."""
+    transformers builds): one error line, no output."""
     src = tiny("qwen2_5_vl", False)
     hf_to_mcore(src, tmp_path / "mc", progress=False)
     other = _copy(src, tmp_path / "other")

@@ -31,7 +31,7 @@ def _records(rank, world, hf_dir, extra_plan_entry):
         sharded = model.sharded_state_dict()
         if extra_plan_entry:
             plan["language_model.decoder.final_layernorm.weight"] = next(iter(plan.values()))
-        map_gate_up_records(sharded, model, reader, plan, world, rank)
+        map_gate_up_records(sharded, model, reader, plan)
         left = [k for k, v in sharded.items() if isinstance(v, ShardedTensorFactory) and "linear_fc1" in k]
         checked = 0
         for key, value in sharded.items():

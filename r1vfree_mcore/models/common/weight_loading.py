@@ -95,7 +95,8 @@ def _fetch(source: HFSource, name: str) -> torch.Tensor:
     raise KeyError(f"HF tensor {name!r} not found (also tried {hf_aliases(name)[1:]})")
 
 
-def _tp():
+def tp_layout():
+    """(TP size, this rank's TP rank, TP group) from megatron's parallel state."""
     from megatron.core import parallel_state as ps
 
     return ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_group()
@@ -156,7 +157,7 @@ def load_hf_state_dict(model, hf_tensors: HFSource, hf_config=None, skip: Collec
     hf_config = hf_config or model.hf_config
     rules, tied = weight_map_of(hf_config), tied_embeddings(hf_config)
     ctx = convert_ctx(hf_config, model.padded_vocab_size)
-    tp, rank, _ = _tp()
+    tp, rank, _ = tp_layout()
     direct = callable(hf_tensors) and hasattr(hf_tensors, "read_rows_into") and hasattr(hf_tensors, "info")
     loaded = []
     for local, param in model.named_parameters():
@@ -247,7 +248,7 @@ def gather_full_tensors(model, tensors: Mapping[str, torch.Tensor] | None = None
     e.g. grads to merge those). Collective over the TP group.
     """
     rules = weight_map_of(model.hf_config)
-    tp, _, group = _tp()
+    tp, _, group = tp_layout()
     out = {}
     for local, param in model.named_parameters():
         t = (tensors[local] if tensors is not None else param).detach()
